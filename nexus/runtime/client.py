@@ -1,0 +1,383 @@
+"""A small dynamic Kubernetes client over kubernetes-asyncio's connection and auth handling.
+
+Objects are plain JSON dicts. kubernetes-asyncio provides the configuration (kubeconfig,
+in-cluster, exec plugins, TLS) and the aiohttp session; requests, JSON decoding, watch streams
+and error mapping are done here so that every resource, built-in or custom, is served the same
+way and watch streams can be read with an idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+
+from nexus.runtime import metrics
+from nexus.runtime.resource import Resource
+
+PatchType = Literal["merge", "json", "strategic", "apply"]
+_PATCH_CONTENT_TYPES: dict[str, str] = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "apply": "application/apply-patch+yaml",
+}
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ApiError(Exception):
+    """An error answer of the API server, with its HTTP status and ``Status`` body."""
+
+    def __init__(self, status: int, reason: str = "", body: Mapping[str, Any] | None = None):
+        self.status = status
+        self.body: dict[str, Any] = dict(body or {})
+        self.reason = str(self.body.get("reason") or reason)
+        self.message = str(self.body.get("message") or reason)
+        super().__init__(f"{status} {self.reason}: {self.message}")
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        """409: an optimistic-concurrency conflict or an existing name."""
+        return self.status == 409
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+    @property
+    def gone(self) -> bool:
+        """410: the requested resourceVersion was compacted away; relist."""
+        return self.status == 410
+
+    @property
+    def invalid(self) -> bool:
+        """422: invalid object, or a failed JSON-patch ``test`` operation."""
+        return self.status == 422
+
+
+class Client:
+    """Async CRUD, patch and watch for any resource, on one kubernetes-asyncio ``ApiClient``.
+
+    Every response is counted in ``rest_client_requests_total{code,method,host}`` (the metric
+    controller-runtime always registers), which also makes API writes observable in tests.
+    """
+
+    def __init__(self, api_client: k8s_client.ApiClient, *, timeout: float = 30.0) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+        cfg = api_client.configuration
+        self._host = str(cfg.host or "").rstrip("/")
+        self._host_label = self._host.split("://", 1)[-1]
+        self._server_hostname = getattr(cfg, "tls_server_name", None)
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    async def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {"Accept": "application/json"}
+        headers.update(self.api_client.default_headers)
+        if content_type:
+            headers["Content-Type"] = content_type
+        await self.api_client.update_params_for_auth(headers, [], ["BearerToken"])
+        return headers
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
+        data: bytes | None = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            content_type = content_type or "application/json"
+        headers = await self._headers(content_type)
+        query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
+        kwargs: dict[str, Any] = {}
+        if self._server_hostname:
+            kwargs["server_hostname"] = self._server_hostname
+        session: aiohttp.ClientSession = self.api_client.rest_client.pool_manager
+        resp = await session.request(
+            method,
+            self._host + path,
+            params=query,
+            data=data,
+            headers=headers,
+            timeout=timeout or aiohttp.ClientTimeout(total=self.timeout),
+            **kwargs,
+        )
+        metrics.REST_CLIENT_REQUESTS.labels(str(resp.status), method, self._host_label).inc()
+        if resp.status >= 400:
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            raise _api_error(resp.status, resp.reason or "", raw)
+        return resp
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> Any:
+        """One request; returns the decoded JSON answer (None for an empty body)."""
+        try:
+            resp = await self._open(
+                method, path, params=params, body=body, content_type=content_type
+            )
+        except aiohttp.ClientError as exc:
+            metrics.REST_CLIENT_REQUESTS.labels("<error>", method, self._host_label).inc()
+            raise ConnectionError(f"{method} {path}: {exc}") from exc
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        return json.loads(raw) if raw else None
+
+    # -- CRUD -------------------------------------------------------------------------------
+
+    async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
+        obj: dict[str, Any] = await self.request("GET", res.path(namespace, name))
+        return obj
+
+    async def get_or_none(
+        self, res: Resource, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.get(res, name, namespace)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of a list (the raw ``List`` object, with ``metadata.continue``)."""
+        result: dict[str, Any] = await self.request(
+            "GET",
+            res.path(namespace),
+            params={
+                "labelSelector": label_selector,
+                "fieldSelector": field_selector,
+                "resourceVersion": resource_version,
+                "limit": limit,
+                "continue": continue_token,
+            },
+        )
+        return result
+
+    async def list_all(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every item, paginated like client-go's pager; returns (items, list resourceVersion)."""
+        items: builtins.list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = await self.list(
+                res,
+                namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                limit=page_size,
+                continue_token=token,
+            )
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or None
+            if not token:
+                return items, str(meta.get("resourceVersion", ""))
+
+    async def create(
+        self, res: Resource, obj: Mapping[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        ns = namespace or (obj.get("metadata") or {}).get("namespace")
+        body = {"apiVersion": res.api_version, "kind": res.kind, **obj}
+        created: dict[str, Any] = await self.request("POST", res.path(ns), body=body)
+        return created
+
+    async def replace(
+        self, res: Resource, obj: Mapping[str, Any], *, subresource: str = ""
+    ) -> dict[str, Any]:
+        meta = obj.get("metadata") or {}
+        result: dict[str, Any] = await self.request(
+            "PUT", res.path(meta.get("namespace"), meta["name"], subresource), body=obj
+        )
+        return result
+
+    async def patch(
+        self,
+        res: Resource,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        *,
+        patch_type: PatchType = "merge",
+        subresource: str = "",
+        field_manager: str | None = None,
+        force: bool | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            res.path(namespace, name, subresource),
+            params={"fieldManager": field_manager, "force": force},
+            body=patch,
+            content_type=_PATCH_CONTENT_TYPES[patch_type],
+        )
+        return result
+
+    async def patch_status(
+        self,
+        res: Resource,
+        name: str,
+        status: Mapping[str, Any],
+        namespace: str | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch the ``status`` subresource (the main resource ignores status writes)."""
+        return await self.patch(res, name, {"status": status}, namespace, subresource="status")
+
+    async def delete(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        propagation_policy: str | None = None,
+        preconditions: Mapping[str, str] | None = None,
+        ignore_not_found: bool = False,
+    ) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if propagation_policy:
+            body["propagationPolicy"] = propagation_policy
+        if preconditions:
+            body["preconditions"] = dict(preconditions)
+        try:
+            result: dict[str, Any] | None = await self.request(
+                "DELETE", res.path(namespace, name), body=body
+            )
+        except ApiError as exc:
+            if ignore_not_found and exc.not_found:
+                return None
+            raise
+        return result
+
+    # -- watch ------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        idle_timeout: float | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield watch events (``{"type", "object"}``) until the server closes the stream.
+
+        An ``ERROR`` event raises :class:`ApiError` (410 for an expired resourceVersion). With
+        ``idle_timeout``, a stream that delivers nothing (not even a bookmark) for that long
+        raises ``TimeoutError``: the connection may look alive while no events flow.
+        """
+        params = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "labelSelector": label_selector,
+            "fieldSelector": field_selector,
+            "timeoutSeconds": timeout_seconds,
+            "allowWatchBookmarks": "true" if allow_bookmarks else None,
+        }
+        # No total timeout: the server ends the stream after timeoutSeconds; the idle timeout
+        # below catches a stream that stalls.
+        resp = await self._open(
+            "GET",
+            res.path(namespace),
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+        )
+        try:
+            while True:
+                async with asyncio.timeout(idle_timeout):
+                    line = await resp.content.readline()
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiError(int(status.get("code") or 500), "watch error", status)
+                yield event
+        finally:
+            resp.close()
+
+
+async def retry_on_conflict[T](
+    fn: Callable[[], Awaitable[T]], *, steps: int = 5, delay: float = 0.01
+) -> T:
+    """Run ``fn`` again on 409 Conflict, up to ``steps`` times (client-go's DefaultRetry).
+
+    ``fn`` must re-read what it writes, or the retry will conflict again.
+    """
+    for attempt in range(steps):
+        try:
+            return await fn()
+        except ApiError as exc:
+            if not exc.conflict or attempt == steps - 1:
+                raise
+            await asyncio.sleep(delay * (1 + 0.1 * attempt))
+    raise AssertionError("unreachable")
+
+
+def is_write(method: str) -> bool:
+    return method.upper() in _WRITE_METHODS
+
+
+def _query_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _api_error(status: int, reason: str, raw: bytes) -> ApiError:
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        body = {"message": raw[:500].decode(errors="replace")}
+    if not isinstance(body, dict):
+        body = {"message": str(body)[:500]}
+    return ApiError(status, reason, body)

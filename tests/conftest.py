@@ -1,0 +1,74 @@
+"""Shared fixtures: one real control plane per test session, a namespace per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client as k8s_client
+
+from nexus.runtime.client import Client
+from nexus.runtime.envtest import Environment
+from nexus.runtime.resource import NAMESPACES, Resource
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CRDS = ROOT / "tests" / "fixtures" / "crds"
+NEXUS_CRDS = ROOT / "config" / "crd" / "bases"
+
+WIDGETS = Resource("test.nexus.io", "v1", "widgets", "Widget")
+
+# Control-plane processes started by the session fixture; checked when the session ends.
+_started_pids: list[int] = []
+
+
+def crd_paths() -> list[Path]:
+    return [p for p in (TEST_CRDS, NEXUS_CRDS) if p.is_dir() and any(p.glob("*.yaml"))]
+
+
+@pytest.fixture(scope="session")
+async def envtest() -> AsyncIterator[Environment]:
+    """A real etcd + kube-apiserver + kube-controller-manager for the whole session."""
+    env = Environment(crd_paths=crd_paths(), with_controller_manager=True)
+    async with env:
+        _started_pids.extend(env.pids)
+        yield env
+
+
+@pytest.fixture(scope="session")
+async def api_client(envtest: Environment) -> AsyncIterator[k8s_client.ApiClient]:
+    async with await envtest.api_client() as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+async def kube(api_client: k8s_client.ApiClient) -> Client:
+    """The runtime's dynamic client, authenticated as cluster admin."""
+    return Client(api_client)
+
+
+@pytest.fixture
+async def namespace(kube: Client) -> AsyncIterator[str]:
+    """A fresh namespace per test; deleted afterwards (without waiting)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    await kube.create(NAMESPACES, {"metadata": {"name": name, "labels": {"nexus-test": "1"}}})
+    yield name
+    if os.environ.get("NEXUS_KEEP_NAMESPACES") != "1":
+        await kube.delete(NAMESPACES, name, ignore_not_found=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any control-plane process outlived the session."""
+    leftovers = []
+    for pid in _started_pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            continue
+        if state != "Z":
+            leftovers.append(pid)
+    if leftovers:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nERROR: control-plane processes left running: {leftovers}")
