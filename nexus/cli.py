@@ -1,10 +1,42 @@
-"""The `nexus` command."""
+"""The ``nexus`` command: ``nexus manager`` runs the control plane."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
+
+from nexus.settings import ManagerSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus", description="Nexus control plane for Astromesh")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mgr = sub.add_parser("manager", help="run the controllers and the REST API")
+    ManagerSettings.add_arguments(mgr)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("nexus: commands are coming", file=sys.stderr)
+    args = build_parser().parse_args(argv)
+    if args.command == "manager":
+        from nexus import app
+        from nexus.runtime import LeaderElectionLost
+
+        try:
+            settings = ManagerSettings.from_args(args)
+        except ValueError as exc:
+            print(f"nexus manager: {exc}", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(app.run(settings))
+        except LeaderElectionLost as exc:
+            print(f"nexus manager: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -100,12 +100,15 @@ class Client:
         body: Any = None,
         content_type: str | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        accept: str | None = None,
     ) -> aiohttp.ClientResponse:
         data: bytes | None = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
             content_type = content_type or "application/json"
         headers = await self._headers(content_type)
+        if accept:
+            headers["Accept"] = accept
         query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
         kwargs: dict[str, Any] = {}
         if self._server_hostname:
@@ -137,11 +140,15 @@ class Client:
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        accept: str | None = None,
     ) -> Any:
-        """One request; returns the decoded JSON answer (None for an empty body)."""
+        """One request; returns the decoded JSON answer (None for an empty body).
+
+        ``accept`` overrides the Accept header, e.g. for server-side printed Tables.
+        """
         try:
             resp = await self._open(
-                method, path, params=params, body=body, content_type=content_type
+                method, path, params=params, body=body, content_type=content_type, accept=accept
             )
         except aiohttp.ClientError as exc:
             metrics.REST_CLIENT_REQUESTS.labels("<error>", method, self._host_label).inc()

@@ -36,7 +36,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
 from nexus.runtime.client import ApiError, Client
-from nexus.runtime.resource import CRDS
+from nexus.runtime.resource import CRDS, NAMESPACES
 
 log = structlog.get_logger("nexus.envtest")
 
@@ -84,9 +84,7 @@ def find_assets(explicit: str | os.PathLike[str] | None = None) -> Path:
     if script.exists():
         import subprocess
 
-        out = subprocess.run(
-            ["bash", str(script)], check=False, capture_output=True, text=True
-        )
+        out = subprocess.run(["bash", str(script)], check=False, capture_output=True, text=True)
         if out.returncode == 0 and _has_core(Path(out.stdout.strip())):
             return Path(out.stdout.strip())
         raise EnvtestError(f"hack/setup-envtest.sh failed:\n{out.stderr[-4000:]}")
@@ -279,6 +277,7 @@ class Environment:
         )
         self.kubeconfig_path = self._root / "kubeconfig"
         self._write_kubeconfig()
+        await self._wait_default_namespace()
 
         if self.with_controller_manager:
             if not (assets / "kube-controller-manager").is_file():
@@ -295,6 +294,9 @@ class Environment:
                     "--leader-elect=false",
                     "--bind-address=127.0.0.1",
                     f"--secure-port={kcm_port}",
+                    # 1.20 also serves plain HTTP on 10252 unless told not to, which collides
+                    # with any second control plane on the machine.
+                    "--port=0",
                     f"--service-account-private-key-file={pki / 'sa.key'}",
                     "--use-service-account-credentials=false",
                     f"--controllers={_KCM_CONTROLLERS}",
@@ -303,6 +305,17 @@ class Environment:
                 f"https://127.0.0.1:{kcm_port}/healthz",
             )
         log.info("envtest.started", host=self.host, root=str(self._root))
+
+    async def _wait_default_namespace(self) -> None:
+        # /readyz turns green a moment before the bootstrap controller creates "default";
+        # tests (and users) expect it to be there.
+        async with await self.api_client() as api:
+            client = Client(api)
+            deadline = time.monotonic() + self.start_timeout
+            while await client.get_or_none(NAMESPACES, "default") is None:
+                if time.monotonic() > deadline:
+                    raise EnvtestError("namespace default was never created")
+                await asyncio.sleep(0.05)
 
     def _write_kubeconfig(self) -> None:
         cfg = {
@@ -379,11 +392,11 @@ class Environment:
             f"{_tail(self._log_path(p.name))}"
         )
 
-    async def _terminate(self, p: _Process) -> None:
+    async def _terminate(self, p: _Process, sig: signal.Signals = signal.SIGTERM) -> None:
         if p.proc is None or p.proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.proc.pid, signal.SIGTERM)
+            os.killpg(p.proc.pid, sig)
         try:
             await asyncio.wait_for(p.proc.wait(), self.stop_timeout)
         except TimeoutError:
@@ -400,16 +413,17 @@ class Environment:
                 return p
         raise EnvtestError(f"{name} is not running in this environment")
 
-    async def stop_apiserver(self) -> None:
-        """Stop kube-apiserver (SIGTERM); etcd keeps the data."""
-        await self._terminate(self._process("kube-apiserver"))
+    async def stop_apiserver(self, *, kill: bool = False) -> None:
+        """Stop kube-apiserver (SIGTERM, or SIGKILL with ``kill``); etcd keeps the data."""
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        await self._terminate(self._process("kube-apiserver"), sig)
 
     async def start_apiserver(self) -> None:
         """Start kube-apiserver again on the same port, with the same flags."""
         await self._launch(self._process("kube-apiserver"))
 
-    async def restart_apiserver(self, downtime: float = 0.0) -> None:
-        await self.stop_apiserver()
+    async def restart_apiserver(self, downtime: float = 0.0, *, kill: bool = False) -> None:
+        await self.stop_apiserver(kill=kill)
         if downtime:
             await asyncio.sleep(downtime)
         await self.start_apiserver()

@@ -103,9 +103,7 @@ async def test_custom_resource_watch(kube: Client, namespace: str) -> None:
     assert seen == [("ADDED", "w2"), ("MODIFIED", "w2"), ("DELETED", "w2")]
 
 
-async def test_controller_manager_runs_deployment_controller(
-    kube: Client, namespace: str
-) -> None:
+async def test_controller_manager_runs_deployment_controller(kube: Client, namespace: str) -> None:
     deployment = {
         "metadata": {"name": "d", "namespace": namespace},
         "spec": {
@@ -120,9 +118,7 @@ async def test_controller_manager_runs_deployment_controller(
     await kube.create(DEPLOYMENTS, deployment)
     rs = None
     for _ in range(100):
-        page = await kube.request(
-            "GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets"
-        )
+        page = await kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets")
         if page["items"]:
             rs = page["items"][0]
             break

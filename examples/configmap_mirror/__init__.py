@@ -1,0 +1,1 @@
+"""Example operator on nexus.runtime: mirror ConfigMaps into labelled namespaces."""

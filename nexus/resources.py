@@ -1,0 +1,49 @@
+"""The ``nexus.astromesh.io/v1alpha1`` API: resources, labels, finalizers and phases.
+
+Shared by the controllers and the REST API (neither imports the other).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from nexus.runtime.resource import Resource
+
+GROUP = "nexus.astromesh.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+TENANTS = Resource(GROUP, VERSION, "nexustenants", "NexusTenant")
+AGENTS = Resource(GROUP, VERSION, "nexusagents", "NexusAgent")
+
+TENANT_FINALIZER = f"{GROUP}/tenant-cleanup"
+AGENT_FINALIZER = f"{GROUP}/agent-cleanup"
+
+#: On every namespace Nexus creates (the seed's label).
+MANAGED_LABEL = f"{GROUP}/managed"
+#: On every child object: the owning tenant's name and namespace (owner references cannot
+#: cross namespaces, and a namespace cannot be owned by a namespaced object).
+TENANT_LABEL = f"{GROUP}/tenant"
+TENANT_NAMESPACE_LABEL = f"{GROUP}/tenant-namespace"
+
+NODE_NAME = "astromesh-node"
+NODE_PORT = 8000
+
+
+class TenantPhase(StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    ERROR = "Error"
+
+
+class AgentPhase(StrEnum):
+    PENDING = "Pending"
+    DEPLOYING = "Deploying"
+    RUNNING = "Running"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+
+
+def in_cluster_endpoint(namespace: str) -> str:
+    return f"http://{NODE_NAME}.{namespace}.svc:{NODE_PORT}"

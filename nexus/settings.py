@@ -1,0 +1,68 @@
+"""Manager settings: kubebuilder-style flags, each defaulting from a NEXUS_* variable."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ManagerSettings(BaseSettings):
+    """Every flag of ``nexus manager``; the environment variable is ``NEXUS_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", extra="ignore")
+
+    kubeconfig: str | None = Field(
+        None, description="Kubeconfig file (else in-cluster or ~/.kube/config)"
+    )
+    metrics_bind_address: str = Field(":9090", description='Prometheus /metrics ("0" disables)')
+    health_probe_bind_address: str = Field(":8081", description="/healthz and /readyz")
+    api_bind_address: str = Field(":8080", description='REST API ("0" disables)')
+    database: str = Field("nexus.db", description="SQLite file of the REST API")
+    jwt_secret: str | None = Field(None, description="HS256 secret, at least 32 bytes")
+    leader_elect: bool = Field(False, description="Elect a leader before running controllers")
+    leader_election_id: str = Field("nexus.astromesh.io", description="Name of the Lease")
+    node_endpoint: str = Field(
+        "dns",
+        description='How to reach tenant nodes: "dns", "proxy", or a URL/template with {namespace}',
+    )
+    node_image: str = Field(
+        "ghcr.io/monaccode/astromesh:latest", description="astromesh-node image"
+    )
+    namespace: str = Field("nexus-system", description="Namespace of NexusTenants and the Lease")
+    tenant_concurrency: int = Field(4, ge=1, description="Parallel tenant reconciles")
+    agent_concurrency: int = Field(4, ge=1, description="Parallel agent reconciles")
+    resync_period: float = Field(60.0, gt=0, description="Requeue of a converged object (s)")
+    error_requeue: float = Field(30.0, gt=0, description="Requeue after an error (s)")
+    default_max_agents: int = Field(10, ge=0, description="maxAgents of tenants created by the API")
+    default_cpu: str = Field("4", description="CPU limit of nodes of tenants created by the API")
+    default_memory: str = Field("8Gi", description="Memory limit of nodes of API-created tenants")
+    log_format: Literal["json", "console"] = Field("json", description="Log format")
+    log_level: str = Field("info", description="Log level")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One ``--flag`` per field; unset flags fall back to NEXUS_* and then the default."""
+        for name, info in cls.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            env = f"NEXUS_{name.upper()}"
+            help_text = f"{info.description} [env {env}; default {info.default!r}]"
+            if info.annotation is bool:
+                parser.add_argument(
+                    flag,
+                    dest=name,
+                    default=None,
+                    action=argparse.BooleanOptionalAction,
+                    help=help_text,
+                )
+            else:
+                parser.add_argument(flag, dest=name, default=None, help=help_text)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ManagerSettings:
+        given: dict[str, Any] = {
+            k: v for k, v in vars(args).items() if k in cls.model_fields and v is not None
+        }
+        return cls(**given)
