@@ -9,10 +9,16 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from nexus.api.auth import MIN_SECRET_BYTES, TokenService
+from nexus.api.context import ApiContext, ApiSettings
+from nexus.api.server import ApiServer
+from nexus.api.store import SqliteStore
 from nexus.controllers.agent import AgentSettings
+from nexus.controllers.node_client import NodeClient, NodeEndpoints
 from nexus.controllers.setup import ControllerSettings, setup_controllers
 from nexus.controllers.tenant import TenantSettings
 from nexus.runtime import Manager, ManagerOptions
+from nexus.runtime.healthz import parse_bind_address
 from nexus.runtime.logging import configure_logging
 from nexus.settings import ManagerSettings
 
@@ -86,11 +92,59 @@ class _Closing:
         await self._close()  # type: ignore[operator]
 
 
+class ConfigError(Exception):
+    """The manager refuses to start with these settings."""
+
+
+def check_jwt_secret(secret: str | None) -> str:
+    if not secret or len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"--jwt-secret (NEXUS_JWT_SECRET) must be at least {MIN_SECRET_BYTES} bytes of "
+            "random data; generate one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'"
+        )
+    return secret
+
+
+async def add_api(mgr: Manager, settings: ManagerSettings) -> ApiServer | None:
+    """The REST API on ``--api-bind-address`` (unless "0"), with its SQLite store."""
+    if parse_bind_address(settings.api_bind_address) is None:
+        return None
+    tokens = TokenService(check_jwt_secret(settings.jwt_secret))
+    store = await SqliteStore.open(settings.database)
+    context = ApiContext(
+        settings=ApiSettings(
+            namespace=settings.namespace,
+            default_max_agents=settings.default_max_agents,
+            default_cpu=settings.default_cpu,
+            default_memory=settings.default_memory,
+        ),
+        store=store,
+        tokens=tokens,
+        kube=mgr.client,
+        cache=mgr.cache,
+        node=NodeClient(NodeEndpoints(settings.node_endpoint, mgr.client), timeout=5.0),
+    )
+
+    async def database() -> str | None:
+        await store.ping()
+        return None
+
+    context.ready_checks["database"] = database
+    context.ready_checks["caches"] = lambda: None if mgr.cache.has_synced else "not synced"
+    server = ApiServer(context, settings.api_bind_address)
+    mgr.add(server)
+    return server
+
+
 async def run(settings: ManagerSettings) -> None:
     configure_logging(json=settings.log_format == "json", level=settings.log_level)
+    if parse_bind_address(settings.api_bind_address) is not None:
+        check_jwt_secret(settings.jwt_secret)  # refuse before touching anything
     cfg = await kube_configuration(settings.kubeconfig)
     async with k8s_client.ApiClient(cfg) as api:
         mgr = build_manager(api, settings)
+        await add_api(mgr, settings)
         log.info(
             "nexus.starting", namespace=settings.namespace, node_endpoint=settings.node_endpoint
         )

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             asyncio.run(app.run(settings))
+        except app.ConfigError as exc:
+            print(f"nexus manager: {exc}", file=sys.stderr)
+            return 2
         except LeaderElectionLost as exc:
             print(f"nexus manager: {exc}", file=sys.stderr)
             return 1

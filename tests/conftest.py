@@ -44,9 +44,11 @@ async def api_client(envtest: Environment) -> AsyncIterator[k8s_client.ApiClient
 
 
 @pytest.fixture(scope="session")
-async def kube(api_client: k8s_client.ApiClient) -> Client:
+async def kube(api_client: k8s_client.ApiClient) -> AsyncIterator[Client]:
     """The runtime's dynamic client, authenticated as cluster admin."""
-    return Client(api_client)
+    client = Client(api_client)
+    yield client
+    await client.close()
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ class NodeClient:
             if self.endpoints.via_proxy:
                 assert self.endpoints.kube is not None
                 # Through the API server: reuse its TLS settings and credentials.
-                self._session = self.endpoints.kube.api_client.rest_client.pool_manager
+                self._session = self.endpoints.kube.session
             else:
                 self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session

@@ -311,11 +311,14 @@ class Environment:
         # tests (and users) expect it to be there.
         async with await self.api_client() as api:
             client = Client(api)
-            deadline = time.monotonic() + self.start_timeout
-            while await client.get_or_none(NAMESPACES, "default") is None:
-                if time.monotonic() > deadline:
-                    raise EnvtestError("namespace default was never created")
-                await asyncio.sleep(0.05)
+            try:
+                deadline = time.monotonic() + self.start_timeout
+                while await client.get_or_none(NAMESPACES, "default") is None:
+                    if time.monotonic() > deadline:
+                        raise EnvtestError("namespace default was never created")
+                    await asyncio.sleep(0.05)
+            finally:
+                await client.close()
 
     def _write_kubeconfig(self) -> None:
         cfg = {
@@ -486,6 +489,15 @@ async def install_crds(
 ) -> list[str]:
     """Create or update CRDs and wait until each is Established; returns their names."""
     client = Client(api)
+    try:
+        return await _install_crds(client, paths, timeout)
+    finally:
+        await client.close()
+
+
+async def _install_crds(
+    client: Client, paths: Iterable[str | os.PathLike[str]], timeout: float
+) -> list[str]:
     names: list[str] = []
     for doc in load_crd_documents(paths):
         name = doc["metadata"]["name"]

@@ -282,6 +282,7 @@ class Manager:
         for server in reversed(self._servers):
             await server.stop()
         self._servers.clear()
+        await self.client.close()
         log.info("manager.stopped")
 
     async def _stop_runnables(self, started: list[Runnable]) -> None:

@@ -153,3 +153,44 @@ async def test_run_stops_on_request_stop(api_client: k8s_client.ApiClient) -> No
     mgr.request_stop()
     await asyncio.wait_for(task, 10)
     assert mgr.server_ports == {}
+
+
+async def test_two_managers_only_the_leader_reconciles_and_standby_takes_over(
+    api_client: k8s_client.ApiClient, kube: Client, namespace: str
+) -> None:
+    def make(name: str) -> tuple[Manager, Counting]:
+        mgr = Manager(
+            api_client,
+            local_options(
+                leader_election=True,
+                leader_election_id="two-managers",
+                leader_election_namespace=namespace,
+                lease_duration=3.0,
+                renew_deadline=2.0,
+                retry_period=0.5,
+            ),
+        )
+        rec = Counting()
+        Builder(mgr).named(unique(name)).for_(CONFIGMAPS, namespace=namespace).complete(rec)
+        return mgr, rec
+
+    (a, rec_a), (b, rec_b) = make("le-a"), make("le-b")
+    await a.start()
+    await eventually(lambda: a.is_leader, 5, "first manager leads")
+    await b.start()
+    await kube.create(CONFIGMAPS, cm("one", namespace))
+    await eventually(lambda: "one" in rec_a.finished, 5)
+    await asyncio.sleep(1.0)
+    assert not b.is_leader
+    assert "one" not in rec_b.calls  # the standby's controllers never ran
+    # Readiness does not depend on leadership: the standby's caches are warm.
+    assert (await fetch(b.server_ports["probes"], "/readyz"))[0] == 200
+
+    start = time.monotonic()
+    await a.stop()  # graceful: the Lease is released
+    await eventually(lambda: b.is_leader, 3, "standby takes over")
+    assert time.monotonic() - start < 2.0  # well under the 3 s lease: released, not expired
+    await kube.create(CONFIGMAPS, cm("two", namespace))
+    await eventually(lambda: "two" in rec_b.finished, 5)
+    assert "two" not in rec_a.calls
+    await b.stop()

@@ -1,0 +1,176 @@
+"""Request and response bodies of the REST API (also the source of its OpenAPI schemas)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RegisterRequest(_Body):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+    displayName: str = Field(min_length=1, max_length=256)  # noqa: N815 - the wire name
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if not _EMAIL.match(v):
+            raise ValueError("must be an email address")
+        return v
+
+
+class LoginRequest(_Body):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class RefreshRequest(_Body):
+    refreshToken: str = Field(max_length=512)  # noqa: N815
+
+
+class TenantCreateRequest(_Body):
+    displayName: str = Field(min_length=1, max_length=256)  # noqa: N815
+    nodeProfile: str = Field("full", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # noqa: N815
+
+
+class KeyCreateRequest(_Body):
+    label: str = Field("", max_length=256)
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    displayName: str  # noqa: N815
+
+
+class AuthBundle(BaseModel):
+    accessToken: str  # noqa: N815
+    refreshToken: str  # noqa: N815
+    user: UserOut
+
+
+class TokenPair(BaseModel):
+    accessToken: str  # noqa: N815
+    refreshToken: str  # noqa: N815
+
+
+class TenantOut(BaseModel):
+    id: str
+    crName: str  # noqa: N815
+    displayName: str  # noqa: N815
+    nodeProfile: str  # noqa: N815
+    phase: str
+    namespace: str | None = None
+    nodeEndpoint: str | None = None  # noqa: N815
+    agentCount: int = 0  # noqa: N815
+
+
+class TenantRef(BaseModel):
+    id: str
+    crName: str  # noqa: N815
+    displayName: str  # noqa: N815
+
+
+class MeUser(UserOut):
+    tenants: list[TenantOut]
+
+
+class MeKey(BaseModel):
+    tenant: TenantRef
+    keyHash: str  # noqa: N815
+
+
+class KeyCreated(BaseModel):
+    rawKey: str  # noqa: N815
+    hash: str
+    label: str
+    createdAt: str  # noqa: N815
+
+
+class KeyOut(BaseModel):
+    hash: str
+    label: str
+    createdAt: str  # noqa: N815
+    lastUsedAt: str | None = None  # noqa: N815
+
+
+class AgentSummary(BaseModel):
+    name: str
+    namespace: str
+    version: str | None = None
+    phase: str
+
+
+class AgentListItem(AgentSummary):
+    nodeAck: bool = False  # noqa: N815
+    lastSyncedAt: str | None = None  # noqa: N815
+    createdAt: str | None = None  # noqa: N815
+
+
+class AgentStatusOut(BaseModel):
+    phase: str
+    nodeAck: bool = False  # noqa: N815
+    lastSyncedAt: str | None = None  # noqa: N815
+    conditions: list[dict[str, Any]] = []
+
+
+class AgentDetail(BaseModel):
+    name: str
+    namespace: str
+    version: str | None = None
+    spec: dict[str, Any]
+    status: AgentStatusOut
+    createdAt: str | None = None  # noqa: N815
+
+
+class AgentLive(BaseModel):
+    name: str
+    phase: str
+    nodeAck: bool = False  # noqa: N815
+    lastSyncedAt: str | None = None  # noqa: N815
+    node: dict[str, Any]
+
+
+class LogLine(BaseModel):
+    timestamp: str
+    level: str
+    message: str
+
+
+class AgentLogs(BaseModel):
+    agent: str
+    lines: list[LogLine]
+
+
+class AgentMetrics(BaseModel):
+    agent: str
+    metrics: dict[str, Any]
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+class Revoked(BaseModel):
+    revoked: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+class ErrorsOut(BaseModel):
+    errors: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}

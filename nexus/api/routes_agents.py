@@ -1,0 +1,308 @@
+"""/api/v1/agents: NexusAgent resources in the caller's tenant namespace, and node views.
+
+The namespace always comes from the caller's tenant, never from the body or the query; an
+agent of another tenant is simply not found, and nothing reaches that tenant's node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from nexus.api.agentspec import (
+    MAX_SPEC_BYTES,
+    SpecError,
+    agent_name,
+    agent_version,
+    parse_body,
+    valid_name,
+    validate_agent,
+)
+from nexus.api.context import acting_tenant, ctx, media_type, read_limited
+from nexus.api.errors import ApiProblem, json_out
+from nexus.api.models import (
+    AgentDetail,
+    AgentListItem,
+    AgentLive,
+    AgentLogs,
+    AgentMetrics,
+    AgentStatusOut,
+    AgentSummary,
+    Deleted,
+    LogLine,
+)
+from nexus.api.store import Tenant
+from nexus.controllers.node_client import NodeError
+from nexus.resources import AGENTS, TENANTS, AgentPhase
+from nexus.runtime import ApiError
+from nexus.runtime.finalizers import is_being_deleted
+from nexus.runtime.resource import EVENTS
+
+log = structlog.get_logger("nexus.api.agents")
+routes = web.RouteTableDef()
+
+SPEC_TYPES = frozenset({"application/yaml", "application/x-yaml", "application/json"})
+Object = dict[str, Any]
+
+
+async def _spec_from_body(request: web.Request) -> dict[str, Any]:
+    mt = media_type(request)
+    if mt not in SPEC_TYPES:
+        raise ApiProblem(415, "Content-Type must be application/yaml or application/json")
+    raw = await read_limited(request, MAX_SPEC_BYTES)
+    try:
+        spec = parse_body(raw, mt)
+    except SpecError as exc:
+        if exc.status == 400:
+            raise ApiProblem(400, errors=exc.errors) from None
+        raise ApiProblem(exc.status, "; ".join(exc.errors)) from None
+    errors = validate_agent(spec)
+    if errors:
+        raise ApiProblem(400, errors=errors)
+    return spec
+
+
+def _path_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not valid_name(name):
+        raise ApiProblem(400, "agent name must be an RFC 1123 label")
+    return name
+
+
+async def _agent(request: web.Request, tenant: Tenant, name: str) -> Object:
+    c = ctx(request)
+    obj = c.cache.get(AGENTS, name, tenant.cr_name)
+    if obj is None:
+        # Read-your-writes right after a create: the watch may not have delivered it yet.
+        obj = await c.kube.get_or_none(AGENTS, name, tenant.cr_name)
+    if obj is None or is_being_deleted(obj):
+        raise ApiProblem(404, f"agent {name} not found")
+    return obj
+
+
+def _status(obj: Object) -> Object:
+    status: Object = obj.get("status") or {}
+    return status
+
+
+def _version(obj: Object) -> str | None:
+    return agent_version((obj.get("spec") or {}).get("agentSpec") or {})
+
+
+def _summary(obj: Object) -> AgentSummary:
+    return AgentSummary(
+        name=obj["metadata"]["name"],
+        namespace=obj["metadata"]["namespace"],
+        version=_version(obj),
+        phase=_status(obj).get("phase") or AgentPhase.PENDING,
+    )
+
+
+@routes.post("/api/v1/agents")
+async def create_agent(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    spec = await _spec_from_body(request)
+    name = agent_name(spec)
+    assert name is not None  # validated
+    c = ctx(request)
+    ns = tenant.cr_name
+    cr = c.cache.get(TENANTS, ns, c.settings.namespace)
+    quota = (((cr or {}).get("spec") or {}).get("resourceQuota") or {}).get("maxAgents")
+    if quota is not None:
+        alive = [a for a in c.cache.list(AGENTS, ns) if not is_being_deleted(a)]
+        if len(alive) >= int(quota):
+            raise ApiProblem(403, f"exceeded quota: maxAgents={quota}")
+    body = {
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"agentSpec": spec},
+    }
+    try:
+        created = await c.kube.create(AGENTS, body)
+    except ApiError as exc:
+        if exc.already_exists:
+            raise ApiProblem(409, f"agent {name} already exists") from None
+        if exc.not_found:
+            raise ApiProblem(
+                503,
+                "the tenant is still being provisioned; retry shortly",
+                headers={"Retry-After": "2"},
+            ) from None
+        if exc.invalid:
+            raise ApiProblem(400, errors=[exc.message]) from None
+        raise
+    log.info("api.agent_created", agent=name, namespace=ns)
+    return json_out(_summary(created), status=201)
+
+
+@routes.get("/api/v1/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    items = sorted(
+        (a for a in ctx(request).cache.list(AGENTS, tenant.cr_name) if not is_being_deleted(a)),
+        key=lambda a: a["metadata"]["name"],
+    )
+    return json_out(
+        [
+            AgentListItem(
+                **_summary(a).model_dump(),
+                nodeAck=bool(_status(a).get("nodeAck")),
+                lastSyncedAt=_status(a).get("lastSyncedAt"),
+                createdAt=a["metadata"].get("creationTimestamp"),
+            )
+            for a in items
+        ]
+    )
+
+
+@routes.get("/api/v1/agents/{name}")
+async def get_agent(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    obj = await _agent(request, tenant, _path_name(request))
+    st = _status(obj)
+    return json_out(
+        AgentDetail(
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"]["namespace"],
+            version=_version(obj),
+            spec=(obj.get("spec") or {}).get("agentSpec") or {},
+            status=AgentStatusOut(
+                phase=st.get("phase") or AgentPhase.PENDING,
+                nodeAck=bool(st.get("nodeAck")),
+                lastSyncedAt=st.get("lastSyncedAt"),
+                conditions=st.get("conditions") or [],
+            ),
+            createdAt=obj["metadata"].get("creationTimestamp"),
+        )
+    )
+
+
+@routes.put("/api/v1/agents/{name}")
+async def update_agent(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    name = _path_name(request)
+    spec = await _spec_from_body(request)
+    if agent_name(spec) != name:
+        raise ApiProblem(400, errors=[f"metadata.name must be {name!r} (the name in the path)"])
+    await _agent(request, tenant, name)
+    c = ctx(request)
+    try:
+        # Replace, not merge: keys removed from the spec must disappear from the resource.
+        updated = await c.kube.patch(
+            AGENTS,
+            name,
+            [{"op": "replace", "path": "/spec/agentSpec", "value": spec}],
+            tenant.cr_name,
+            patch_type="json",
+        )
+    except ApiError as exc:
+        if exc.not_found:
+            raise ApiProblem(404, f"agent {name} not found") from None
+        raise
+    return json_out(_summary(updated))
+
+
+@routes.delete("/api/v1/agents/{name}")
+async def delete_agent(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    name = _path_name(request)
+    await _agent(request, tenant, name)
+    try:
+        await ctx(request).kube.delete(AGENTS, name, tenant.cr_name)
+    except ApiError as exc:
+        if exc.not_found:
+            raise ApiProblem(404, f"agent {name} not found") from None
+        raise
+    return json_out(Deleted(deleted=name))
+
+
+def _node_failed(exc: NodeError) -> ApiProblem:
+    log.warning("api.node_unreachable", error=str(exc))
+    return ApiProblem(502, f"the tenant's node could not be reached: {exc.message}"[:500])
+
+
+@routes.get("/api/v1/agents/{name}/status")
+async def agent_status(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    obj = await _agent(request, tenant, _path_name(request))
+    name = obj["metadata"]["name"]
+    try:
+        on_node = next(
+            (
+                a
+                for a in await ctx(request).node.list_agents(tenant.cr_name)
+                if a.get("name") == name
+            ),
+            None,
+        )
+    except NodeError as exc:
+        raise _node_failed(exc) from None
+    st = _status(obj)
+    return json_out(
+        AgentLive(
+            name=name,
+            phase=st.get("phase") or AgentPhase.PENDING,
+            nodeAck=bool(st.get("nodeAck")),
+            lastSyncedAt=st.get("lastSyncedAt"),
+            node=on_node or {"name": name, "status": "absent"},
+        )
+    )
+
+
+@routes.get("/api/v1/agents/{name}/logs")
+async def agent_logs(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    obj = await _agent(request, tenant, _path_name(request))
+    name = obj["metadata"]["name"]
+    try:
+        lines = int(request.query.get("lines", "100"))
+    except ValueError:
+        raise ApiProblem(400, "lines must be an integer") from None
+    if not 1 <= lines <= 1000:
+        raise ApiProblem(400, "lines must be between 1 and 1000")
+    c = ctx(request)
+    try:
+        traces = await c.node.traces(tenant.cr_name, name, lines)
+    except NodeError as exc:
+        raise _node_failed(exc) from None
+    out = [_trace_line(t) for t in traces.get("traces") or [] if isinstance(t, dict)]
+    try:
+        page = await c.kube.list(EVENTS, tenant.cr_name, limit=500)
+        for ev in page.get("items") or []:
+            if (ev.get("regarding") or {}).get("name") == name:
+                out.append(
+                    LogLine(
+                        timestamp=str(
+                            ev.get("eventTime") or ev["metadata"].get("creationTimestamp")
+                        ),
+                        level="warning" if ev.get("type") == "Warning" else "info",
+                        message=f"{ev.get('reason')}: {ev.get('note') or ''}".strip(),
+                    )
+                )
+    except (ApiError, ConnectionError, OSError) as exc:
+        log.info("api.events_unavailable", error=str(exc))
+    out.sort(key=lambda line: line.timestamp)
+    return json_out(AgentLogs(agent=name, lines=out[-lines:]))
+
+
+def _trace_line(trace: dict[str, Any]) -> LogLine:
+    ts = trace.get("start_time") or trace.get("timestamp") or trace.get("created_at") or ""
+    status = str(trace.get("status") or "")
+    message = trace.get("message") or trace.get("name") or trace.get("trace_id") or "trace"
+    return LogLine(
+        timestamp=str(ts),
+        level="error" if status.lower() in ("error", "failed") else "info",
+        message=str(message),
+    )
+
+
+@routes.get("/api/v1/agents/{name}/metrics")
+async def agent_metrics(request: web.Request) -> web.Response:
+    tenant = await acting_tenant(request)
+    obj = await _agent(request, tenant, _path_name(request))
+    try:
+        metrics = await ctx(request).node.metrics(tenant.cr_name)
+    except NodeError as exc:
+        raise _node_failed(exc) from None
+    return json_out(AgentMetrics(agent=obj["metadata"]["name"], metrics=metrics))
