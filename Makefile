@@ -45,5 +45,42 @@ test: venv ## Everything CI runs: lint, then the whole test suite on a real cont
 	  KUBEBUILDER_ASSETS="$$assets" $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: dev
-dev: venv ## Run Nexus locally (embedded control plane, SQLite) — coming with the ship issue.
-	@echo "make dev: coming (see the issues); for now: make test"
+dev: venv ## Run Nexus locally: embedded control plane, real astromesh node, API on :8080.
+	@$(PY) -m nexus.dev
+
+.PHONY: dev-clean
+dev-clean: ## Forget the local dev state (.nexus/).
+	rm -rf .nexus
+
+.PHONY: manifests
+manifests: venv ## Regenerate the CRDs in config/crd/bases.
+	$(PY) hack/gen_crds.py
+
+##@ Deployment
+KUBECTL ?= $(shell command -v kubectl || echo "$$(hack/setup-envtest.sh)/kubectl")
+IMG ?= nexus:latest
+CONTAINER_TOOL ?= docker
+
+.PHONY: install
+install: ## Install the CRDs into the cluster of the current kubeconfig.
+	$(KUBECTL) apply -k config/crd
+
+.PHONY: uninstall
+uninstall: ## Remove the CRDs (and with them every NexusTenant and NexusAgent).
+	$(KUBECTL) delete -k config/crd --ignore-not-found
+
+.PHONY: run
+run: venv ## Run the manager against the cluster of the current kubeconfig (needs NEXUS_JWT_SECRET).
+	$(VENV)/bin/nexus manager --log-format=console
+
+.PHONY: docker-build
+docker-build: ## Build the manager image (IMG=...).
+	$(CONTAINER_TOOL) build -t $(IMG) .
+
+.PHONY: deploy
+deploy: ## Deploy Nexus (CRDs, RBAC, manager) with the image IMG.
+	$(KUBECTL) kustomize config/default | sed "s#image: nexus:latest#image: $(IMG)#" | $(KUBECTL) apply -f -
+
+.PHONY: undeploy
+undeploy: ## Remove what deploy created.
+	$(KUBECTL) delete -k config/default --ignore-not-found

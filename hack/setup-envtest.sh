@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the path of a folder holding etcd, kube-apiserver and kube-controller-manager.
+# Prints the path of a folder holding etcd, kube-apiserver, kube-controller-manager and kubectl.
 #
 # Order of preference (the envtest convention first):
 #   1. $KUBEBUILDER_ASSETS, when it holds the binaries;
@@ -12,7 +12,8 @@ set -euo pipefail
 K8S_VERSION="1.20.2"
 CACHE_ROOT="${NEXUS_ENVTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nexus/envtest}"
 CACHE_DIR="$CACHE_ROOT/$K8S_VERSION"
-BINARIES=(etcd kube-apiserver kube-controller-manager)
+BINARIES=(etcd kube-apiserver kube-controller-manager kubectl)
+GO_BINARIES=(kube-apiserver kube-controller-manager kubectl)
 
 log() { printf 'setup-envtest: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -104,14 +105,21 @@ rm -f vendor/github.com/modern-go/reflect2/go.mod
 sed -i 's#^\(\# github.com/modern-go/reflect2\) v1.0.1#\1 v1.0.2#; s#^\(github.com/modern-go/reflect2\) v1.0.1#\1 v1.0.2#' vendor/modules.txt
 grep -q 'modern-go/reflect2 v1.0.2' vendor/modules.txt || die "reflect2 patch of vendor/modules.txt failed"
 
-log "compiling kube-apiserver and kube-controller-manager (this is the slow step)"
+# Only what the cache lacks (a cache from an older version of this script may lack kubectl).
+missing=()
+for b in "${GO_BINARIES[@]}"; do [[ -x "$CACHE_DIR/$b" ]] || missing+=("$b"); done
+what=""
+for b in "${missing[@]}"; do what+="cmd/$b "; done
+log "compiling ${missing[*]} (this is the slow step)"
 export HOME="${HOME:-/root}" CGO_ENABLED=0
-quiet "make" make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" GOLDFLAGS="-s -w"
+quiet "make" make WHAT="$what" GOLDFLAGS="-s -w"
 
 staging="$CACHE_ROOT/.staging.$$"
 rm -rf "$staging"
 mkdir -p "$staging"
-cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$staging/"
+for b in "${GO_BINARIES[@]}"; do
+  if [[ -x "_output/bin/$b" ]]; then cp "_output/bin/$b" "$staging/"; else cp "$CACHE_DIR/$b" "$staging/"; fi
+done
 etcd_bin="$(command -v etcd || true)"
 [[ -n "$etcd_bin" ]] || etcd_bin=/usr/bin/etcd
 [[ -x "$etcd_bin" ]] || die "etcd not found after installing etcd-server"

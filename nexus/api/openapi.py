@@ -25,8 +25,8 @@ _AGENT_SPEC = {
 Operation = tuple[str, str, str, bool, type[BaseModel] | str | None, dict[int, Any]]
 
 _E = m.ErrorOut
-_COMMON = {401: _E, 429: _E}
-_TENANT_SCOPED = {400: m.ErrorsOut, 401: _E, 403: _E, 404: _E}
+_COMMON: dict[int, Any] = {401: _E, 429: _E}
+_TENANT_SCOPED: dict[int, Any] = {400: m.ErrorsOut, 401: _E, 403: _E, 404: _E}
 
 OPERATIONS: list[Operation] = [
     ("post", "/auth/register", "Register a user", False, m.RegisterRequest,

@@ -41,6 +41,8 @@ from nexus.runtime.resource import CRDS, NAMESPACES
 log = structlog.get_logger("nexus.envtest")
 
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
+#: The version hack/setup-envtest.sh builds and caches.
+K8S_VERSION = "1.20.2"
 EXISTING_CLUSTER_ENV = "USE_EXISTING_CLUSTER"
 
 # Controllers that need a cloud, a kubelet or node objects; without them the controller manager
@@ -71,15 +73,24 @@ def _die_with_parent() -> None:
             libc.prctl(1, signal.SIGKILL)
 
 
-def find_assets(explicit: str | os.PathLike[str] | None = None) -> Path:
+def find_assets(
+    explicit: str | os.PathLike[str] | None = None, *, show_progress: bool = False
+) -> Path:
     """Locate a folder with ``etcd`` and ``kube-apiserver``.
 
-    Order: the explicit argument, ``$KUBEBUILDER_ASSETS``, then ``hack/setup-envtest.sh`` of a
-    Nexus checkout (which builds and caches the binaries on first use).
+    Order: the explicit argument, ``$KUBEBUILDER_ASSETS``, the build cache, then
+    ``hack/setup-envtest.sh`` of a Nexus checkout (which builds and caches the binaries on first
+    use; with ``show_progress`` its progress lines go to this process's stderr).
     """
     for candidate in (explicit, os.environ.get(ASSETS_ENV)):
         if candidate and _has_core(Path(candidate)):
             return Path(candidate)
+    cache_root = os.environ.get("NEXUS_ENVTEST_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nexus" / "envtest"
+    )
+    cached = Path(cache_root) / K8S_VERSION
+    if _has_core(cached) and (cached / "kube-controller-manager").is_file():
+        return cached
     script = Path(__file__).resolve().parents[2] / "hack" / "setup-envtest.sh"
     if script.exists():
         import subprocess

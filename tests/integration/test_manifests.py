@@ -1,0 +1,170 @@
+"""config/: kustomize renders, the server accepts every object, and RBAC is sufficient.
+
+The manager runs here under the rendered ClusterRole (impersonating its ServiceAccount), not as
+cluster admin, through the whole tenant and agent lifecycle with kubectl-applied samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_asyncio import client as k8s_client
+from prometheus_client import REGISTRY
+
+from nexus.app import build_manager
+from nexus.resources import AGENTS, TENANTS
+from nexus.runtime.client import Client
+from nexus.runtime.envtest import Environment
+from nexus.runtime.resource import NAMESPACES, SECRETS
+from nexus.settings import ManagerSettings
+
+from ..conftest import ROOT
+from ..support.node import AstromeshNode
+from .test_nexus_controllers import phase, wait_for, wait_gone
+
+pytestmark = pytest.mark.cluster
+
+SA_USER = "system:serviceaccount:nexus-system:nexus-controller-manager"
+
+
+def kubectl_path() -> str:
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "setup-envtest.sh")],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    path = Path(out.stdout.strip()) / "kubectl"
+    assert path.is_file(), "hack/setup-envtest.sh must provide kubectl"
+    return str(path)
+
+
+async def kubectl(env: Environment, *args: str, stdin: str | None = None) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        kubectl_path(), f"--kubeconfig={env.kubeconfig_path}", *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    out, err = await proc.communicate(stdin.encode() if stdin else None)
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {err.decode()}"
+    return out.decode()
+
+
+def render(folder: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [kubectl_path(), "kustomize", str(ROOT / "config" / folder)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_kustomize_renders_the_whole_install() -> None:
+    docs = render("default")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+            "CustomResourceDefinition", "Deployment", "Namespace", "PersistentVolumeClaim",
+            "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
+        ]
+    )  # fmt: skip
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["metadata"]["name"] == "nexus-controller-manager"
+    assert dep["metadata"]["namespace"] == "nexus-system"
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    c = pod["containers"][0]
+    assert sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081, 9090]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    jwt = next(e for e in c["env"] if e["name"] == "NEXUS_JWT_SECRET")
+    assert jwt["valueFrom"]["secretKeyRef"]["name"] == "nexus-jwt"
+    assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
+    assert "--leader-elect" in c["args"]
+    samples = render("samples")
+    assert {d["kind"] for d in samples} == {"NexusTenant", "NexusAgent"}
+
+
+async def test_server_side_dry_run_accepts_every_object(envtest: Environment, kube: Client) -> None:
+    # A dry run persists nothing, the Namespace included: the namespaced objects need it.
+    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
+        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
+    rendered = await kubectl(envtest, "kustomize", str(ROOT / "config" / "default"))
+    out = await kubectl(
+        envtest, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-",
+        stdin=rendered,
+    )  # fmt: skip
+    assert "deployment.apps/nexus-controller-manager serverside-applied (server dry run)" in out
+    assert out.count("(server dry run)") == 12
+
+
+@pytest.fixture
+async def rbac_node() -> AsyncIterator[AstromeshNode]:
+    n = AstromeshNode()
+    await n.start()
+    yield n
+    await n.stop()
+
+
+def forbidden_responses() -> float:
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name == "rest_client_requests":
+            total += sum(
+                s.value for s in metric.samples
+                if s.name.endswith("_total") and s.labels["code"] == "403"
+            )  # fmt: skip
+    return total
+
+
+async def test_controllers_work_under_the_rendered_cluster_role(
+    envtest: Environment, kube: Client, rbac_node: AstromeshNode
+) -> None:
+    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
+        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
+    await kubectl(envtest, "apply", "-k", "config/rbac")
+    cfg = await envtest.client_configuration()
+    async with k8s_client.ApiClient(cfg) as api:
+        # Every request of this manager is authorised as the ServiceAccount, not as admin.
+        api.set_default_header("Impersonate-User", SA_USER)
+        denied = Client(api)
+        with pytest.raises(Exception, match="403"):
+            await denied.list_all(SECRETS)
+        await denied.close()
+        before = forbidden_responses()
+        settings = ManagerSettings(
+            metrics_bind_address="0",
+            health_probe_bind_address="0",
+            node_endpoint=rbac_node.url,
+            node_image="astromesh/node:rbac",
+            error_requeue=1.0,
+            leader_elect=True,
+            leader_election_id="nexus-rbac-test",
+        )
+        mgr = build_manager(api, settings)
+        await mgr.start()
+        try:
+            await asyncio.wait_for(mgr.wait_leading(), 20)
+            await kubectl(envtest, "apply", "-f", "config/samples/nexus_v1alpha1_nexustenant.yaml")
+            await wait_for(kube, TENANTS, "tenant-dev", "nexus-system", phase("Ready"))
+            await kubectl(envtest, "apply", "-f", "config/samples/nexus_v1alpha1_nexusagent.yaml")
+            agent = await wait_for(kube, AGENTS, "support-bot", "tenant-dev", phase("Running"))
+            assert agent["status"]["nodeAck"] is True
+            table = await kubectl(envtest, "get", "nexusagents", "-n", "tenant-dev")
+            assert "NODEACK" in table.upper() and "Running" in table
+            await kubectl(envtest, "delete", "-f", "config/samples/nexus_v1alpha1_nexusagent.yaml")
+            await kubectl(
+                envtest, "delete", "-f", "config/samples/nexus_v1alpha1_nexustenant.yaml",
+                "--wait=false",
+            )  # fmt: skip
+            await wait_gone(kube, TENANTS, "tenant-dev", "nexus-system")
+            await wait_gone(kube, NAMESPACES, "tenant-dev")
+            assert "support-bot" not in await rbac_node.agents()
+        finally:
+            await mgr.stop()
+        assert forbidden_responses() == before, "the manager hit 403: the ClusterRole is short"
