@@ -1,4 +1,5 @@
-"""The ``nexus`` command: ``nexus manager`` runs the control plane."""
+"""The ``nexus`` command: ``nexus manager`` runs the control plane; the other subcommands
+(login, tenants, keys, agents, ...) are the tenant-user CLI of ``nexus.client_cli``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import sys
 
+from nexus import client_cli
 from nexus.settings import ManagerSettings
 
 
@@ -14,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     mgr = sub.add_parser("manager", help="run the controllers and the REST API")
     ManagerSettings.add_arguments(mgr)
+    client_cli.register(sub)
     return parser
 
 
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except KeyboardInterrupt:
             return 130
-    return 0
+        return 0
+    return client_cli.run(args)
 
 
 if __name__ == "__main__":

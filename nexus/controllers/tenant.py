@@ -105,13 +105,6 @@ class NexusTenantReconciler:
         want_deploy = desired.node_deployment(tenant, self.settings.node_image)
         want_svc = desired.node_service(tenant)
         live_ns = self.cache.get(NAMESPACES, name)
-        if live_ns is None:
-            # Not in our label-scoped cache: it may exist without our labels.
-            live_ns = await self.client.get_or_none(NAMESPACES, name)
-            if live_ns is not None and not self._ours(live_ns, tenant):
-                raise ReservedNameError(
-                    f"namespace {name!r} already exists and is not managed by this tenant"
-                )
         if live_ns is not None and is_being_deleted(live_ns):
             await self._set_status(
                 tenant,
@@ -141,7 +134,7 @@ class NexusTenantReconciler:
             )
             self.events.normal(tenant, "Provisioning", f"provisioning namespace {name}")
         for res, want, live in changes:
-            await self._apply(res, want, live)
+            await self._apply(res, want, live, tenant)
             if live is not None:
                 log.info("tenant.drift_repaired", tenant=name, kind=res.kind)
                 self.events.normal(
@@ -166,15 +159,26 @@ class NexusTenantReconciler:
             and labels.get(TENANT_NAMESPACE_LABEL) == tenant["metadata"]["namespace"]
         )
 
-    async def _apply(self, res: Resource, want: Object, live: Object | None) -> None:
+    async def _apply(
+        self, res: Resource, want: Object, live: Object | None, tenant: Object
+    ) -> None:
         meta = want["metadata"]
         if live is None:
+            # Optimistic create: the label-scoped cache cannot see a namespace that exists
+            # without our labels, so a conflict is where ownership gets checked.
             try:
                 await self.client.create(res, want)
                 return
             except ApiError as exc:
                 if not exc.already_exists:
                     raise
+            if res is NAMESPACES:
+                existing = await self.client.get_or_none(NAMESPACES, meta["name"])
+                if existing is not None and not self._ours(existing, tenant):
+                    raise ReservedNameError(
+                        f"namespace {meta['name']!r} already exists and is not managed by "
+                        "this tenant"
+                    ) from None
         # A merge patch of the fields we own: lists are replaced, maps merged, and fields the
         # server defaulted are kept.
         await self.client.patch(res, meta["name"], _owned(want), meta.get("namespace"))

@@ -392,3 +392,19 @@ async def test_samples_apply_and_delete_leave_nothing(
     assert "support-bot" not in await node.agents()
     leftovers, _ = await kube.list_all(AGENTS)
     assert not [a for a in leftovers if a["metadata"]["namespace"] == "tenant-dev"]
+
+
+async def test_existing_foreign_namespace_is_not_taken_over(nexus: Manager, kube: Client) -> None:
+    name = f"tenant-{uid()}"
+    await kube.create(NAMESPACES, {"metadata": {"name": name, "labels": {"owner": "someone"}}})
+    await kube.create(TENANTS, tenant_body(name))
+    bad = await wait_for(kube, TENANTS, name, SYSTEM_NS, phase("Error"))
+    assert "already exists and is not managed" in bad["status"]["message"]
+    ns = await kube.get(NAMESPACES, name)
+    assert ns["metadata"]["labels"] == {"owner": "someone"}
+    assert await kube.get_or_none(DEPLOYMENTS, "astromesh-node", name) is None
+    # Deleting such a tenant must not delete the namespace it never owned.
+    await kube.delete(TENANTS, name, SYSTEM_NS)
+    await wait_gone(kube, TENANTS, name, SYSTEM_NS)
+    assert (await kube.get(NAMESPACES, name))["status"]["phase"] == "Active"
+    await kube.delete(NAMESPACES, name)
