@@ -67,11 +67,15 @@ class ResourceVersionChanged(_UpdateOnly):
 
 
 class LabelChanged(_UpdateOnly):
+    """Passes updates that change ``metadata.labels``."""
+
     def update(self, old: Object, new: Object) -> bool:
         return _meta(old).get("labels") != _meta(new).get("labels")
 
 
 class AnnotationChanged(_UpdateOnly):
+    """Passes updates that change ``metadata.annotations``."""
+
     def update(self, old: Object, new: Object) -> bool:
         return _meta(old).get("annotations") != _meta(new).get("annotations")
 
@@ -87,6 +91,8 @@ class DeletionOrFinalizersChanged(_UpdateOnly):
 
 
 class And:
+    """Passes an event only if every predicate passes it."""
+
     def __init__(self, *preds: Predicate) -> None:
         self.preds = preds
 
@@ -101,6 +107,8 @@ class And:
 
 
 class Or:
+    """Passes an event if any predicate passes it."""
+
     def __init__(self, *preds: Predicate) -> None:
         self.preds = preds
 
@@ -115,6 +123,8 @@ class Or:
 
 
 class Not:
+    """Inverts a predicate."""
+
     def __init__(self, pred: Predicate) -> None:
         self.pred = pred
 
