@@ -96,6 +96,7 @@ async def main() -> None:
         finally:
             proc.terminate()
             await proc.wait()
+            await client.close()
     print(
         table(
             [
