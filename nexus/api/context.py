@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from nexus.api.auth import InvalidToken, TokenService, hash_secret, looks_like_api_key
+from nexus.api.credcache import CredentialCache
 from nexus.api.errors import ApiProblem, validation_errors
 from nexus.api.ratelimit import SlidingWindowLimiter
 from nexus.api.store import ApiKey, Store, StoreError, Tenant, User
@@ -46,6 +47,7 @@ class ApiContext:
     cache: Cache
     node: NodeClient
     ready_checks: dict[str, Any] = field(default_factory=dict)
+    credentials: CredentialCache = field(default_factory=CredentialCache)
     per_address: SlidingWindowLimiter = field(init=False)
     per_account: SlidingWindowLimiter = field(init=False)
     refresh_limit: SlidingWindowLimiter = field(init=False)
@@ -74,10 +76,13 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
     """The body, or 413 as soon as it is known to exceed ``limit`` (before any parsing)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiProblem(413, f"request body exceeds {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiProblem(413, f"request body exceeds {limit} bytes")
-    return raw
+    # StreamReader.read(n) returns what is buffered (up to n), not n bytes: read to the end.
+    raw = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(raw)):
+        raw += chunk
+        if len(raw) > limit:
+            raise ApiProblem(413, f"request body exceeds {limit} bytes")
+    return bytes(raw)
 
 
 async def json_body[M: BaseModel](
@@ -132,24 +137,46 @@ async def authenticate(request: web.Request) -> Principal:
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
     try:
         if bearer and not looks_like_api_key(bearer):
-            try:
-                user = await c.store.get_user(c.tokens.verify_access(bearer))
-            except InvalidToken:
-                user = None
+            user = await _user_from_token(c, bearer)
             if user is not None:
                 return Principal(user=user)
         raw_key = request.headers.get("X-API-Key") or (
             bearer if bearer and looks_like_api_key(bearer) else None
         )
         if raw_key:
-            key = await c.store.lookup_api_key(hash_secret(raw_key))
-            if key is not None:
-                tenant = await c.store.get_tenant(key.tenant_id)
-                if tenant is not None:
-                    return Principal(key=key, key_tenant=tenant)
+            resolved = await _resolve_key(c, hash_secret(raw_key))
+            if resolved is not None:
+                return Principal(key=resolved[0], key_tenant=resolved[1])
     except StoreError:
         raise ApiProblem(503, "the credential store is unavailable") from None
     raise ApiProblem(401, "missing or invalid credentials")
+
+
+async def _user_from_token(c: ApiContext, token: str) -> User | None:
+    try:
+        user_id = c.tokens.verify_access(token)
+    except InvalidToken:
+        return None
+    user = c.credentials.user(user_id)
+    if user is None:
+        user = await c.store.get_user(user_id)
+        if user is not None:
+            c.credentials.put_user(user)
+    return user
+
+
+async def _resolve_key(c: ApiContext, key_hash: str) -> tuple[ApiKey, Tenant] | None:
+    cached = c.credentials.key(key_hash)
+    if cached is not None:
+        return cached
+    key = await c.store.lookup_api_key(key_hash)
+    if key is None:
+        return None
+    tenant = await c.store.get_tenant(key.tenant_id)
+    if tenant is None:
+        return None
+    c.credentials.put_key(key, tenant)
+    return key, tenant
 
 
 def principal(request: web.Request) -> Principal:

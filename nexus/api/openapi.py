@@ -25,26 +25,28 @@ _AGENT_SPEC = {
 Operation = tuple[str, str, str, bool, type[BaseModel] | str | None, dict[int, Any]]
 
 _E = m.ErrorOut
+#: A 400 is ``{"error": ...}`` (bad JSON, header or path) or ``{"errors": [...]}`` (validation).
+_BAD = "bad_request"
 _COMMON: dict[int, Any] = {401: _E, 429: _E}
-_TENANT_SCOPED: dict[int, Any] = {400: m.ErrorsOut, 401: _E, 403: _E, 404: _E}
+_TENANT_SCOPED: dict[int, Any] = {400: _BAD, 401: _E, 403: _E, 404: _E}
 
 OPERATIONS: list[Operation] = [
     ("post", "/auth/register", "Register a user", False, m.RegisterRequest,
-     {201: m.AuthBundle, 400: m.ErrorsOut, 409: _E, 413: _E, 415: _E, 429: _E}),
+     {201: m.AuthBundle, 400: _BAD, 409: _E, 413: _E, 415: _E, 429: _E}),
     ("post", "/auth/login", "Log in", False, m.LoginRequest,
-     {200: m.AuthBundle, 400: m.ErrorsOut, 401: _E, 413: _E, 415: _E, 429: _E}),
+     {200: m.AuthBundle, 400: _BAD, 401: _E, 413: _E, 415: _E, 429: _E}),
     ("post", "/auth/refresh", "Rotate a refresh token", False, m.RefreshRequest,
-     {200: m.TokenPair, 400: m.ErrorsOut, 401: _E, 413: _E, 415: _E, 429: _E}),
+     {200: m.TokenPair, 400: _BAD, 401: _E, 413: _E, 415: _E, 429: _E}),
     ("get", "/api/v1/me", "Who am I", True, None, {200: m.MeUser, **_COMMON}),
     ("post", "/api/v1/tenants", "Create a tenant", True, m.TenantCreateRequest,
-     {201: m.TenantOut, 400: m.ErrorsOut, 401: _E, 415: _E, 503: _E}),
+     {201: m.TenantOut, 400: _BAD, 401: _E, 415: _E, 503: _E}),
     ("get", "/api/v1/tenants", "List tenants", True, None, {200: list[m.TenantOut], 401: _E}),
     ("get", "/api/v1/tenants/{tenant_id}", "Get a tenant", True, None,
      {200: m.TenantOut, 401: _E, 403: _E}),
     ("delete", "/api/v1/tenants/{tenant_id}", "Delete a tenant", True, None,
      {200: m.Deleted, 401: _E, 403: _E, 503: _E}),
     ("post", "/api/v1/tenants/{tenant_id}/keys", "Create an API key", True, m.KeyCreateRequest,
-     {201: m.KeyCreated, 400: m.ErrorsOut, 401: _E, 403: _E, 415: _E}),
+     {201: m.KeyCreated, 400: _BAD, 401: _E, 403: _E, 415: _E}),
     ("get", "/api/v1/tenants/{tenant_id}/keys", "List API keys", True, None,
      {200: list[m.KeyOut], 401: _E, 403: _E}),
     ("delete", "/api/v1/tenants/{tenant_id}/keys/{hash}", "Revoke an API key", True, None,
@@ -71,6 +73,8 @@ OPERATIONS: list[Operation] = [
 
 
 def _model_of(tp: Any) -> type[BaseModel]:
+    if tp == _BAD:
+        return m.ErrorsOut
     return tp.__args__[0] if hasattr(tp, "__args__") else tp  # type: ignore[no-any-return]
 
 
@@ -93,6 +97,8 @@ def build_openapi() -> dict[str, Any]:
     schemas["AgentSpec"] = _AGENT_SPEC
 
     def ref(tp: Any) -> dict[str, Any]:
+        if tp == _BAD:
+            return {"anyOf": [ref(m.ErrorOut), ref(m.ErrorsOut)]}
         if hasattr(tp, "__args__"):
             return {"type": "array", "items": ref(tp.__args__[0])}
         return {"$ref": f"#/components/schemas/{tp.__name__}"}

@@ -140,6 +140,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
         log.error("api.tenant_delete_failed", tenant=tenant.id, error=str(exc))
         raise ApiProblem(503, "could not delete the tenant in the cluster; retry") from None
     await c.store.delete_tenant(tenant.id)  # also revokes its keys
+    c.credentials.invalidate_tenant(tenant.id)
     log.info("api.tenant_deleted", tenant=tenant.id)
     return json_out(Deleted(deleted=tenant.id))
 
@@ -178,6 +179,8 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     tenant = await owned_tenant(request, request.match_info["tenant_id"])
     digest = request.match_info["hash"]
-    if not await ctx(request).store.revoke_api_key(tenant.id, digest):
+    c = ctx(request)
+    if not await c.store.revoke_api_key(tenant.id, digest):
         raise ApiProblem(404, "no such key in this tenant")
+    c.credentials.invalidate_key(digest)
     return json_out(Revoked(revoked=digest))
