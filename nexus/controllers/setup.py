@@ -33,8 +33,8 @@ class ControllerSettings:
     tenant: TenantSettings = field(default_factory=TenantSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     node_endpoint: str = "dns"
-    tenant_concurrency: int = 4
-    agent_concurrency: int = 4
+    tenant_concurrency: int = 16
+    agent_concurrency: int = 16
     node_timeout: float = 10.0
 
 
