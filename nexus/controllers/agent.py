@@ -21,10 +21,11 @@ from typing import Any
 import structlog
 
 from nexus.controllers.node_client import NodeClient, NodeError
+from nexus.controllers.status import phase_status, status_unchanged
 from nexus.resources import AGENT_FINALIZER, AGENTS, TENANTS, AgentPhase, TenantPhase
 from nexus.runtime import ApiError, Manager, Request, Result, add_finalizer, remove_finalizer
 from nexus.runtime.finalizers import has_finalizer, is_being_deleted
-from nexus.runtime.objects import conditions_equal, now_rfc3339, set_condition
+from nexus.runtime.objects import now_rfc3339
 
 log = structlog.get_logger("nexus.agent")
 
@@ -206,28 +207,17 @@ class NexusAgentReconciler:
         synced: bool = False,
     ) -> Object:
         current = agent.get("status") or {}
-        gen = agent["metadata"].get("generation")
-        ready = "True" if phase == AgentPhase.RUNNING else "False"
-        status: Object = {
-            "phase": str(phase),
-            "nodeAck": node_ack,
-            "message": message,
-            "observedGeneration": gen,
-            "conditions": set_condition(
-                current.get("conditions"),
-                "Ready",
-                ready,
-                reason=reason,
-                message=message,
-                observed_generation=gen,
-            ),
-        }
+        status = phase_status(
+            agent,
+            phase=str(phase),
+            ready=phase == AgentPhase.RUNNING,
+            reason=reason,
+            message=message,
+        )
+        status["nodeAck"] = node_ack
         if synced or (node_ack and not current.get("lastSyncedAt")):
             status["lastSyncedAt"] = now_rfc3339()
-        unchanged = all(
-            current.get(k) == v for k, v in status.items() if k != "conditions"
-        ) and conditions_equal(current.get("conditions"), status["conditions"])
-        if unchanged:
+        if status_unchanged(current, status):
             return agent
         meta = agent["metadata"]
         return await self.client.patch_status(AGENTS, meta["name"], status, meta["namespace"])

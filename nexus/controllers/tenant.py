@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from nexus.controllers import desired
+from nexus.controllers.status import phase_status, status_unchanged
 from nexus.resources import (
     AGENTS,
     NODE_NAME,
@@ -29,7 +30,6 @@ from nexus.resources import (
 )
 from nexus.runtime import ApiError, Manager, Request, Result, add_finalizer, remove_finalizer
 from nexus.runtime.finalizers import has_finalizer, is_being_deleted
-from nexus.runtime.objects import conditions_equal, set_condition
 from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, SERVICES, Resource
 
 log = structlog.get_logger("nexus.tenant")
@@ -201,29 +201,18 @@ class NexusTenantReconciler:
         node_endpoint: str | None = None,
     ) -> Object:
         current = tenant.get("status") or {}
-        ready = "True" if phase == TenantPhase.READY else "False"
-        gen = tenant["metadata"].get("generation")
-        status: Object = {
-            "phase": str(phase),
-            "message": message,
-            "observedGeneration": gen,
-            "conditions": set_condition(
-                current.get("conditions"),
-                "Ready",
-                ready,
-                reason=reason,
-                message=message,
-                observed_generation=gen,
-            ),
-        }
+        status = phase_status(
+            tenant,
+            phase=str(phase),
+            ready=phase == TenantPhase.READY,
+            reason=reason,
+            message=message,
+        )
         if namespace is not None:
             status["namespace"] = namespace
             status["nodeEndpoint"] = node_endpoint
         status["agentCount"] = self._agent_count(namespace or current.get("namespace"))
-        unchanged = all(
-            current.get(k) == v for k, v in status.items() if k != "conditions"
-        ) and conditions_equal(current.get("conditions"), status["conditions"])
-        if unchanged:
+        if status_unchanged(current, status):
             return tenant
         meta = tenant["metadata"]
         return await self.client.patch_status(TENANTS, meta["name"], status, meta["namespace"])
