@@ -19,6 +19,7 @@ from nexus.controllers.setup import ControllerSettings, setup_controllers
 from nexus.controllers.tenant import TenantSettings
 from nexus.runtime import Manager, ManagerOptions
 from nexus.runtime.healthz import parse_bind_address
+from nexus.runtime.informer import InformerOptions
 from nexus.runtime.logging import configure_logging
 from nexus.settings import ManagerSettings
 
@@ -70,6 +71,10 @@ def build_manager(api: k8s_client.ApiClient, s: ManagerSettings) -> Manager:
             leader_election=s.leader_elect,
             leader_election_id=s.leader_election_id,
             leader_election_namespace=s.namespace,
+            lease_duration=s.lease_duration,
+            renew_deadline=s.renew_deadline,
+            retry_period=s.retry_period,
+            informer=InformerOptions(idle_timeout=s.watch_idle_timeout),
         ),
     )
     controllers = setup_controllers(mgr, controller_settings(s))

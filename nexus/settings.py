@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,13 @@ class ManagerSettings(BaseSettings):
     jwt_secret: str | None = Field(None, description="HS256 secret, at least 32 bytes")
     leader_elect: bool = Field(False, description="Elect a leader before running controllers")
     leader_election_id: str = Field("nexus.astromesh.io", description="Name of the Lease")
+    lease_duration: float = Field(
+        15.0, gt=0, description="How long standbys wait before taking over an unrenewed Lease (s)"
+    )
+    renew_deadline: float = Field(
+        10.0, gt=0, description="How long the leader retries renewing before it gives up (s)"
+    )
+    retry_period: float = Field(2.0, gt=0, description="Pause between leader-election attempts (s)")
     node_endpoint: str = Field(
         "dns",
         description='How to reach tenant nodes: "dns", "proxy", or a URL/template with {namespace}',
@@ -32,15 +39,34 @@ class ManagerSettings(BaseSettings):
         "ghcr.io/monaccode/astromesh:latest", description="astromesh-node image"
     )
     namespace: str = Field("nexus-system", description="Namespace of NexusTenants and the Lease")
-    tenant_concurrency: int = Field(4, ge=1, description="Parallel tenant reconciles")
-    agent_concurrency: int = Field(4, ge=1, description="Parallel agent reconciles")
+    tenant_concurrency: int = Field(16, ge=1, description="Parallel tenant reconciles")
+    agent_concurrency: int = Field(16, ge=1, description="Parallel agent reconciles")
     resync_period: float = Field(60.0, gt=0, description="Requeue of a converged object (s)")
     error_requeue: float = Field(30.0, gt=0, description="Requeue after an error (s)")
+    watch_idle_timeout: float = Field(
+        70.0, gt=0, description="Reopen a watch that delivered nothing for this long (s)"
+    )
     default_max_agents: int = Field(10, ge=0, description="maxAgents of tenants created by the API")
     default_cpu: str = Field("4", description="CPU limit of nodes of tenants created by the API")
     default_memory: str = Field("8Gi", description="Memory limit of nodes of API-created tenants")
     log_format: Literal["json", "console"] = Field("json", description="Log format")
     log_level: str = Field("info", description="Log level")
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> ManagerSettings:
+        # Checked here so that bad timings stop the manager before it touches anything,
+        # rather than after its caches synced (where LeaderElectionConfig would refuse them).
+        # Imported here: the client subcommands of the CLI import this module too, and must
+        # not pay for loading the runtime.
+        from nexus.runtime.leader_election import JITTER_FACTOR
+
+        if not self.lease_duration > self.renew_deadline > JITTER_FACTOR * self.retry_period:
+            raise ValueError(
+                "leader election needs lease_duration > renew_deadline > "
+                f"{JITTER_FACTOR} * retry_period, got {self.lease_duration} / "
+                f"{self.renew_deadline} / {self.retry_period}"
+            )
+        return self
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

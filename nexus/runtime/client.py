@@ -363,13 +363,16 @@ class Client:
             "allowWatchBookmarks": "true" if allow_bookmarks else None,
         }
         # No total timeout: the server ends the stream after timeoutSeconds; the idle timeout
-        # below catches a stream that stalls.
-        resp = await self._open(
-            "GET",
-            res.path(namespace),
-            params=params,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
-        )
+        # below catches a stream that stalls. It bounds the wait for the response headers too:
+        # the API server sends them at once, and a watch sent over a pooled keep-alive
+        # connection that died silently would otherwise wait for them forever.
+        async with asyncio.timeout(idle_timeout):
+            resp = await self._open(
+                "GET",
+                res.path(namespace),
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+            )
         try:
             while True:
                 async with asyncio.timeout(idle_timeout):

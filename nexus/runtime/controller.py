@@ -163,6 +163,12 @@ class Controller:
             finally:
                 self._active.dec()
                 queue.done(req)
+            # A reconcile that never suspends (a converged object: cache reads only) and a
+            # get() that finds an item ready would otherwise let one worker drain the whole
+            # queue in a single event-loop step: no watch event, probe, metrics scrape or
+            # lease renewal could run meanwhile, and a change queued at normal priority could
+            # not overtake a low-priority backlog it cannot even be added to.
+            await asyncio.sleep(0)
 
     async def _reconcile(self, req: Request) -> None:
         queue = self.queue
