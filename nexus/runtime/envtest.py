@@ -58,6 +58,10 @@ class EnvtestError(RuntimeError):
     """The control plane could not be started, reached or configured."""
 
 
+class _ExitedEarly(Exception):
+    """A process died before it became ready."""
+
+
 def free_port() -> int:
     """Return a loopback TCP port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -358,7 +362,23 @@ class Environment:
     def _log_path(self, name: str) -> Path:
         return self._root / f"{name}.log"
 
-    async def _launch(self, p: _Process) -> None:
+    async def _launch(self, p: _Process, attempts: int = 2) -> None:
+        """Start ``p`` and wait until it is ready.
+
+        kube-apiserver 1.20 built with a newer Go occasionally dies while starting under
+        immediate load (a restart with clients hammering it); one more attempt is logged and
+        made, so that a flaky start of the test infrastructure does not fail the test.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._launch_once(p)
+                return
+            except _ExitedEarly as exc:
+                if attempt == attempts:
+                    raise EnvtestError(str(exc)) from None
+                log.warning("envtest.start_retry", process=p.name, error=str(exc)[:500])
+
+    async def _launch_once(self, p: _Process) -> None:
         with self._log_path(p.name).open("ab") as logf:
             p.proc = await asyncio.create_subprocess_exec(
                 str(p.binary),
@@ -383,9 +403,9 @@ class Environment:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if p.proc.returncode is not None:
-                    raise EnvtestError(
+                    raise _ExitedEarly(
                         f"{p.name} exited with {p.proc.returncode}:\n"
-                        f"{_tail(self._log_path(p.name))}"
+                        f"{_crash_summary(self._log_path(p.name))}"
                     )
                 try:
                     async with session.get(
@@ -453,6 +473,17 @@ class Environment:
                 if r.status != 200:
                     raise EnvtestError(f"etcd compaction failed: {r.status} {await r.text()}")
         return rev
+
+
+def _crash_summary(path: Path) -> str:
+    """The first panic/fatal lines of a Go crash (its stack is long) and the log's tail."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    starts = [i for i, line in enumerate(lines) if line.startswith(("panic:", "fatal error:"))]
+    head = lines[starts[-1] : starts[-1] + 6] if starts else []
+    return "\n".join([*head, "...", *lines[-15:]]) if head else "\n".join(lines[-30:])
 
 
 def _tail(path: Path, n: int = 30) -> str:
