@@ -190,7 +190,7 @@ class Api:
             return None
 
 
-async def api_setup(api: Api) -> tuple[dict[str, str], dict[str, str], str]:
+async def api_setup(api: Api) -> tuple[dict[str, str], dict[str, str], str, str]:
     bundle = await api.call(
         "POST",
         "/auth/register",
@@ -212,7 +212,21 @@ async def api_setup(api: Api) -> tuple[dict[str, str], dict[str, str], str]:
     key = await api.call(
         "POST", f"/api/v1/tenants/{tenant['id']}/keys", {"label": "soak"}, **bearer
     )
-    return bearer, {"X-API-Key": key["rawKey"]}, tenant["id"]
+    return bearer, {"X-API-Key": key["rawKey"]}, tenant["id"], bundle["refreshToken"]
+
+
+async def keep_token_fresh(
+    api: Api, bearer: dict[str, str], refresh: str, until: float, every: float = 300.0
+) -> None:
+    """Rotate the access token well within its 15-minute lifetime, as a client would."""
+    while True:
+        await asyncio.sleep(min(every, max(until - time.monotonic(), 0.0)))
+        if time.monotonic() >= until:
+            return
+        pair = await api.call("POST", "/auth/refresh", {"refreshToken": refresh}, ok=(200,))
+        if pair is not None:
+            bearer["Authorization"] = f"Bearer {pair['accessToken']}"
+            refresh = pair["refreshToken"]
 
 
 def agent_spec(name: str) -> dict[str, Any]:
@@ -315,7 +329,7 @@ async def main() -> None:
             try:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
                     api = Api(mgr.url, s, stats)
-                    bearer, key, _ = await api_setup(api)
+                    bearer, key, _, refresh = await api_setup(api)
                     start = time.monotonic()
                     until = start + duration
                     await asyncio.gather(
@@ -323,6 +337,7 @@ async def main() -> None:
                         tenant_churn(kube, stats, until, args.churn_every, args.lifetime),
                         api_agent_churn(api, key, until),
                         api_reads(api, bearer, key, until),
+                        keep_token_fresh(api, bearer, refresh, until),
                     )
                     elapsed = time.monotonic() - start
                 metrics = await mgr.metrics()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -475,13 +476,21 @@ class Environment:
         return rev
 
 
+_KLOG_FATAL = re.compile(r"^F\d{4} \d\d:\d\d:\d\d")
+
+
 def _crash_summary(path: Path) -> str:
     """The first panic/fatal lines of a Go crash (its stack is long) and the log's tail."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    starts = [i for i, line in enumerate(lines) if line.startswith(("panic:", "fatal error:"))]
+    # Go runtime crashes ("panic:", "fatal error:") and klog fatals ("F1126 12:00:00.000 ...").
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(("panic:", "fatal error:")) or _KLOG_FATAL.match(line)
+    ]
     head = lines[starts[-1] : starts[-1] + 6] if starts else []
     return "\n".join([*head, "...", *lines[-15:]]) if head else "\n".join(lines[-30:])
 

@@ -27,6 +27,7 @@ from ..support.faults import (
     bounded,
     eventually,
     phase_of,
+    restart_apiserver,
     tenant_body,
     write_kubeconfig,
 )
@@ -99,7 +100,7 @@ async def test_apiserver_killed_mid_provisioning_converges_and_misses_nothing(
             lambda: _at_least(kube, system_ns, 30), timeout=45, interval=0.05, message="30 Ready"
         )
         ready_at_kill = len(await ready(kube, system_ns))
-        await cp_env.restart_apiserver(kill=True)
+        await restart_apiserver(cp_env, kill=True)
         # Right after the restart, likely before the manager's watches are back.
         await bounded(
             after, lambda n: retrying(lambda: kube.create(TENANTS, tenant_body(n, system_ns))), 10

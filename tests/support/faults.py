@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from nexus.runtime.envtest import Environment, free_port
+from nexus.runtime.envtest import Environment, EnvtestError, free_port
 
 from .manager import ManagerProcess
 from .tcpproxy import TcpProxy
@@ -129,6 +129,27 @@ def write_kubeconfig(path: Path, server: str, token: str) -> Path:
 
 def apiserver_port(env: Environment) -> int:
     return int(env.host.rsplit(":", 1)[1])
+
+
+async def restart_apiserver(env: Environment, *, kill: bool = True, attempts: int = 3) -> None:
+    """Restart kube-apiserver, starting it again if it dies while coming up.
+
+    kube-apiserver 1.20 exits on start-up (klog ``F... Unable to perform initial IP allocation
+    check: ... the provided resource version does not match``) when Services are created while
+    its service-IP repair runs, which is just what a manager catching up does. A supervisor
+    (kubelet, systemd) would start it again; so does this, on top of the one retry that
+    :class:`Environment` makes itself.
+    """
+    await env.stop_apiserver(kill=kill)
+    for attempt in range(attempts):
+        try:
+            await env.start_apiserver()
+            return
+        except EnvtestError as exc:
+            if attempt == attempts - 1:
+                raise
+            print(f"kube-apiserver died while starting, starting it again: {str(exc)[:200]}")
+            await env.stop_apiserver(kill=True)  # in case it is up but was not ready in time
 
 
 # -- the manager process ------------------------------------------------------------------------
