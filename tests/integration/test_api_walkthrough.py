@@ -4,47 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from nexus.runtime.client import Client
-from nexus.runtime.envtest import Environment
-from nexus.runtime.resource import NAMESPACES
-
 from ..conftest import ROOT
 from ..support.manager import ManagerProcess
-from ..support.node import AstromeshNode
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-async def api_node() -> AsyncIterator[AstromeshNode]:
-    n = AstromeshNode()
-    await n.start()
-    yield n
-    await n.stop()
-
-
-@pytest.fixture(scope="module")
-async def manager(
-    envtest: Environment,
-    kube: Client,
-    api_node: AstromeshNode,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[ManagerProcess]:
-    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
-        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
-    proc = ManagerProcess(
-        envtest.kubeconfig_path, tmp_path_factory.mktemp("manager"), node_url=api_node.url
-    )
-    await proc.start()
-    yield proc
-    code = await proc.stop()
-    assert code == 0, proc.log_tail()
 
 
 async def test_curl_walkthrough(manager: ManagerProcess) -> None:

@@ -9,19 +9,13 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nexus.runtime.client import Client
-from nexus.runtime.envtest import Environment
-from nexus.runtime.resource import NAMESPACES
-
 from ..support.manager import ManagerProcess
-from ..support.node import AstromeshNode
 
 pytestmark = pytest.mark.cluster
 
@@ -35,32 +29,6 @@ spec:
     primary: {{provider: {provider}, model: "llama3.1:8b"}}
   orchestration: {{pattern: react}}
 """
-
-
-@pytest.fixture(scope="module")
-async def cli_node() -> AsyncIterator[AstromeshNode]:
-    n = AstromeshNode()
-    await n.start()
-    yield n
-    await n.stop()
-
-
-@pytest.fixture(scope="module")
-async def manager(
-    envtest: Environment,
-    kube: Client,
-    cli_node: AstromeshNode,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[ManagerProcess]:
-    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
-        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
-    proc = ManagerProcess(
-        envtest.kubeconfig_path, tmp_path_factory.mktemp("manager"), node_url=cli_node.url
-    )
-    await proc.start()
-    yield proc
-    code = await proc.stop()
-    assert code == 0, proc.log_tail()
 
 
 @dataclass
