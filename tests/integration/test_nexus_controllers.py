@@ -29,6 +29,7 @@ from nexus.runtime.resource import DEPLOYMENTS, EVENTS, NAMESPACES, SERVICES
 from nexus.settings import ManagerSettings
 
 from ..conftest import ROOT
+from ..support.faults import agent_body
 from ..support.node import AstromeshNode
 
 pytestmark = pytest.mark.cluster
@@ -105,25 +106,6 @@ def tenant_body(name: str, max_agents: int = 10, **spec: Any) -> dict[str, Any]:
             "nodeProfile": "full",
             "resourceQuota": {"maxAgents": max_agents, "cpu": "2", "memory": "4Gi"},
             **spec,
-        },
-    }
-
-
-def agent_body(name: str, ns: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "agentSpec": {
-                "apiVersion": "astromesh/v1",
-                "kind": "Agent",
-                "metadata": {"name": name, "version": "1.0.0"},
-                "spec": {
-                    "identity": {"display_name": name},
-                    "model": {"primary": {"provider": "ollama", "model": "llama3.1:8b"}},
-                    "orchestration": {"pattern": "react"},
-                },
-            },
-            **extra,
         },
     }
 

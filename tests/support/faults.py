@@ -71,7 +71,7 @@ def tenant_body(name: str, ns: str = SYSTEM_NS, *, max_agents: int = 10) -> Obje
     }
 
 
-def agent_body(name: str, ns: str) -> Object:
+def agent_body(name: str, ns: str, **extra: Any) -> Object:
     return {
         "metadata": {"name": name, "namespace": ns},
         "spec": {
@@ -84,7 +84,8 @@ def agent_body(name: str, ns: str) -> Object:
                     "model": {"primary": {"provider": "ollama", "model": "llama3.1:8b"}},
                     "orchestration": {"pattern": "react"},
                 },
-            }
+            },
+            **extra,
         },
     }
 
