@@ -40,7 +40,7 @@ from nexus.runtime.ratelimiter import (
     RateLimiter,
     default_controller_rate_limiter,
 )
-from nexus.runtime.reconcile import Reconciler, Request, Result, TerminalError
+from nexus.runtime.reconcile import Reconciler, Request, RequeueAfterError, Result, TerminalError
 from nexus.runtime.resource import Resource
 from nexus.runtime.workqueue import LOW_PRIORITY, NORMAL_PRIORITY, QueueShutDown, WorkQueue
 
@@ -70,6 +70,7 @@ __all__ = [
     "RateLimiter",
     "Reconciler",
     "Request",
+    "RequeueAfterError",
     "Resource",
     "Result",
     "Runnable",

@@ -16,7 +16,7 @@ from nexus.runtime.handler import Mapper
 from nexus.runtime.informer import Informer
 from nexus.runtime.predicates import Predicate
 from nexus.runtime.ratelimiter import RateLimiter
-from nexus.runtime.reconcile import Reconciler, Request, TerminalError
+from nexus.runtime.reconcile import Reconciler, Request, RequeueAfterError, TerminalError
 from nexus.runtime.workqueue import LOW_PRIORITY, NORMAL_PRIORITY, QueueShutDown, WorkQueue
 
 log = structlog.get_logger("nexus.controller")
@@ -83,6 +83,7 @@ class Controller:
       * an exception is logged, counted in ``controller_runtime_reconcile_errors_total`` and
         retried with per-request exponential backoff; a ``Result`` returned with it would be
         ignored; :class:`TerminalError` is counted and not retried;
+        :class:`RequeueAfterError` is counted and retried after its fixed delay;
       * ``Result(requeue_after=s)`` resets the backoff and schedules the request after ``s``;
       * on stop, workers finish the request in hand and take no new one.
     """
@@ -182,6 +183,17 @@ class Controller:
             self._reconcile_total["error"].inc()
             queue.forget(req)
             self._log.error("reconcile.terminal_error", request=req.key, error=str(exc))
+        except RequeueAfterError as exc:
+            self._errors.inc()
+            self._reconcile_total["error"].inc()
+            queue.forget(req)
+            queue.add_after(req, exc.requeue_after)
+            self._log.warning(
+                "reconcile.failed",
+                request=req.key,
+                error=str(exc),
+                requeue_after=exc.requeue_after,
+            )
         except TimeoutError:
             self._timeouts.inc()
             self._errors.inc()

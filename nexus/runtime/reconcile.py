@@ -52,3 +52,19 @@ class Reconciler(Protocol):
 
 class TerminalError(Exception):
     """A reconcile error that retrying cannot fix; it is counted but not requeued."""
+
+
+class RequeueAfterError(Exception):
+    """A failed reconcile that should be retried after a fixed delay, not the backoff.
+
+    For failures whose retry cadence is part of the API contract (for example "a Failed
+    object is retried every 30 s"). The controller counts it in
+    ``controller_runtime_reconcile_errors_total`` (result label ``error``) so that alerts see
+    the outage, resets the request's failure backoff and schedules it ``requeue_after``
+    seconds later. Raise it after writing whatever status explains the failure.
+    """
+
+    def __init__(self, requeue_after: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {requeue_after:g}s")
+        self.requeue_after = requeue_after
+        self.reason = reason
