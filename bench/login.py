@@ -36,19 +36,27 @@ USERS = 4
 
 
 async def serve(port: int, db: str) -> None:
+    import dataclasses
+
     from aiohttp import web
 
     from nexus.api.auth import TokenService
-    from nexus.api.context import ApiContext, ApiSettings
+    from nexus.api.context import ApiContext
     from nexus.api.server import create_app
     from nexus.api.store import SqliteStore
+    from nexus.app import api_settings
     from nexus.runtime.logging import configure_logging
+    from nexus.settings import ManagerSettings
 
     configure_logging(json=False, level="warning")
     store = await SqliteStore.open(db)
     unlimited = (10**9, 60.0)
     context = ApiContext(
-        settings=ApiSettings(auth_per_address=unlimited, auth_per_account=unlimited),
+        settings=dataclasses.replace(
+            api_settings(ManagerSettings()),
+            auth_per_address=unlimited,
+            auth_per_account=unlimited,
+        ),
         store=store,
         tokens=TokenService(secrets.token_bytes(48)),
         # /auth/* and /healthz touch neither the cluster nor a node.

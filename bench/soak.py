@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import table
-from nexus.resources import AGENTS, TENANTS
+from nexus.domain.resources import AGENTS, TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import NAMESPACES

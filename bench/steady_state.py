@@ -22,7 +22,7 @@ import aiohttp
 
 from bench.common import bounded, table
 from bench.tenant_throughput import SYSTEM, tenant
-from nexus.resources import TENANTS
+from nexus.domain.resources import TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, free_port
 from nexus.runtime.resource import NAMESPACES

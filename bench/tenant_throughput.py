@@ -18,7 +18,8 @@ from typing import Any
 from bench.common import bounded, rss_bytes, table
 from nexus.app import build_manager
 from nexus.controllers import desired
-from nexus.resources import TENANT_FINALIZER, TENANTS, in_cluster_endpoint
+from nexus.domain.resources import TENANT_FINALIZER, TENANTS
+from nexus.node import in_cluster_endpoint
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.objects import now_micro

@@ -1,8 +1,14 @@
-"""``nexus manager``: the controllers (and, when enabled, the REST API) in one process."""
+"""``nexus manager``: the controllers (and, when enabled, the REST API) in one process.
+
+The composition root: every dependency the parts share (the manager's cache and client, the
+node client) is built here, once, and ``ManagerSettings`` is mapped here onto the settings of
+each part, which have no defaults of their own.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 
 import structlog
 from kubernetes_asyncio import client as k8s_client
@@ -14,9 +20,10 @@ from nexus.api.context import ApiContext, ApiSettings
 from nexus.api.server import ApiServer
 from nexus.api.store import SqliteStore
 from nexus.controllers.agent import AgentSettings
-from nexus.controllers.node_client import NodeClient, NodeEndpoints
-from nexus.controllers.setup import ControllerSettings, setup_controllers
+from nexus.controllers.setup import Controllers, ControllerSettings, setup_controllers
 from nexus.controllers.tenant import TenantSettings
+from nexus.domain.tenant import ResourceQuota
+from nexus.node import NodeClient, NodeEndpoints
 from nexus.runtime import Manager, ManagerOptions
 from nexus.runtime.healthz import parse_bind_address
 from nexus.runtime.informer import InformerOptions
@@ -42,59 +49,122 @@ async def kube_configuration(kubeconfig: str | None) -> k8s_client.Configuration
     return cfg
 
 
+# -- settings of each part ----------------------------------------------------------------------
+
+
+def manager_options(s: ManagerSettings) -> ManagerOptions:
+    return ManagerOptions(
+        metrics_bind_address=s.metrics_bind_address,
+        health_probe_bind_address=s.health_probe_bind_address,
+        leader_election=s.leader_elect,
+        leader_election_id=s.leader_election_id,
+        leader_election_namespace=s.namespace,
+        lease_duration=s.lease_duration,
+        renew_deadline=s.renew_deadline,
+        retry_period=s.retry_period,
+        informer=InformerOptions(idle_timeout=s.watch_idle_timeout),
+    )
+
+
 def controller_settings(s: ManagerSettings) -> ControllerSettings:
     return ControllerSettings(
         tenant=TenantSettings(
-            namespace=s.namespace,
+            system_namespace=s.namespace,
             node_image=s.node_image,
             resync_period=s.resync_period,
             error_retry=s.error_requeue,
         ),
         agent=AgentSettings(
-            tenant_namespace=s.namespace,
+            system_namespace=s.namespace,
             resync_period=s.resync_period,
             error_retry=s.error_requeue,
+            # Waiting for a tenant is not an error, but has no cadence of its own: the
+            # tenant's Ready transition wakes its agents anyway.
             pending_retry=s.error_requeue,
         ),
-        node_endpoint=s.node_endpoint,
         tenant_concurrency=s.tenant_concurrency,
         agent_concurrency=s.agent_concurrency,
     )
 
 
-def build_manager(api: k8s_client.ApiClient, s: ManagerSettings) -> Manager:
-    mgr = Manager(
-        api,
-        ManagerOptions(
-            metrics_bind_address=s.metrics_bind_address,
-            health_probe_bind_address=s.health_probe_bind_address,
-            leader_election=s.leader_elect,
-            leader_election_id=s.leader_election_id,
-            leader_election_namespace=s.namespace,
-            lease_duration=s.lease_duration,
-            renew_deadline=s.renew_deadline,
-            retry_period=s.retry_period,
-            informer=InformerOptions(idle_timeout=s.watch_idle_timeout),
-        ),
+def tenant_quota(s: ManagerSettings) -> ResourceQuota:
+    """The ``resourceQuota`` of tenants created by the REST API (and by ``make dev``)."""
+    return ResourceQuota(
+        max_agents=s.default_max_agents, cpu=s.default_cpu, memory=s.default_memory
     )
-    controllers = setup_controllers(mgr, controller_settings(s))
-    mgr.add(_Closing(controllers.node.close))
-    return mgr
+
+
+def api_settings(s: ManagerSettings) -> ApiSettings:
+    return ApiSettings(system_namespace=s.namespace, tenant_quota=tenant_quota(s))
+
+
+# -- the parts ----------------------------------------------------------------------------------
 
 
 class _Closing:
-    """Closes the node client's HTTP session when the manager stops."""
+    """Runs ``close`` when the manager stops (a runnable that needs no leadership)."""
 
     need_leader_election = False
 
-    def __init__(self, close: object) -> None:
+    def __init__(self, close: Callable[[], Awaitable[None]]) -> None:
         self._close = close
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        await self._close()  # type: ignore[operator]
+        await self._close()
+
+
+class Nexus:
+    """The manager with the controllers, the node client they share with the REST API, and
+    (after :meth:`add_api`) the REST API."""
+
+    def __init__(self, api: k8s_client.ApiClient, settings: ManagerSettings) -> None:
+        self.settings = settings
+        self.manager = Manager(api, manager_options(settings))
+        self.node = NodeClient(
+            NodeEndpoints(settings.node_endpoint, self.manager.client),
+            timeout=settings.node_timeout,
+        )
+        # Added first, so stopped last: after the controllers and the API that use it.
+        self.manager.add(_Closing(self.node.close))
+        self.controllers: Controllers = setup_controllers(
+            self.manager, self.node, controller_settings(settings)
+        )
+        self.api: ApiServer | None = None
+
+    async def add_api(self) -> ApiServer | None:
+        """The REST API on ``--api-bind-address`` (unless "0"), with its SQLite store."""
+        s = self.settings
+        if parse_bind_address(s.api_bind_address) is None:
+            return None
+        tokens = TokenService(check_jwt_secret(s.jwt_secret))
+        store = await SqliteStore.open(s.database)
+        mgr = self.manager
+        context = ApiContext(
+            settings=api_settings(s),
+            store=store,
+            tokens=tokens,
+            kube=mgr.client,
+            cache=mgr.cache,
+            node=self.node,
+        )
+
+        async def database() -> str | None:
+            await store.ping()
+            return None
+
+        context.ready_checks["database"] = database
+        context.ready_checks["caches"] = lambda: None if mgr.cache.has_synced else "not synced"
+        self.api = ApiServer(context, s.api_bind_address)
+        mgr.add(self.api)
+        return self.api
+
+
+def build_manager(api: k8s_client.ApiClient, s: ManagerSettings) -> Manager:
+    """The manager with the controllers only (no REST API)."""
+    return Nexus(api, s).manager
 
 
 class ConfigError(Exception):
@@ -111,46 +181,15 @@ def check_jwt_secret(secret: str | None) -> str:
     return secret
 
 
-async def add_api(mgr: Manager, settings: ManagerSettings) -> ApiServer | None:
-    """The REST API on ``--api-bind-address`` (unless "0"), with its SQLite store."""
-    if parse_bind_address(settings.api_bind_address) is None:
-        return None
-    tokens = TokenService(check_jwt_secret(settings.jwt_secret))
-    store = await SqliteStore.open(settings.database)
-    context = ApiContext(
-        settings=ApiSettings(
-            namespace=settings.namespace,
-            default_max_agents=settings.default_max_agents,
-            default_cpu=settings.default_cpu,
-            default_memory=settings.default_memory,
-        ),
-        store=store,
-        tokens=tokens,
-        kube=mgr.client,
-        cache=mgr.cache,
-        node=NodeClient(NodeEndpoints(settings.node_endpoint, mgr.client), timeout=5.0),
-    )
-
-    async def database() -> str | None:
-        await store.ping()
-        return None
-
-    context.ready_checks["database"] = database
-    context.ready_checks["caches"] = lambda: None if mgr.cache.has_synced else "not synced"
-    server = ApiServer(context, settings.api_bind_address)
-    mgr.add(server)
-    return server
-
-
 async def run(settings: ManagerSettings) -> None:
     configure_logging(json=settings.log_format == "json", level=settings.log_level)
     if parse_bind_address(settings.api_bind_address) is not None:
         check_jwt_secret(settings.jwt_secret)  # refuse before touching anything
     cfg = await kube_configuration(settings.kubeconfig)
     async with k8s_client.ApiClient(cfg) as api:
-        mgr = build_manager(api, settings)
-        await add_api(mgr, settings)
+        nexus = Nexus(api, settings)
+        await nexus.add_api()
         log.info(
             "nexus.starting", namespace=settings.namespace, node_endpoint=settings.node_endpoint
         )
-        await mgr.run()
+        await nexus.manager.run()

@@ -26,7 +26,8 @@ from kubernetes_asyncio import client as k8s_client
 from nexus import app
 from nexus.api import auth
 from nexus.api.store import Store, Tenant
-from nexus.resources import TENANTS
+from nexus.domain.resources import TENANTS
+from nexus.domain.tenant import tenant_body
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, find_assets
 from nexus.runtime.logging import configure_logging
@@ -39,6 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DEV_EMAIL = "dev@astromesh.local"
 DEV_PASSWORD = "astromesh-dev-2024"
 DEV_TENANT = "Development Tenant"
+
+#: Time the embedded control plane may take to start (s); the first start initialises etcd.
+CONTROL_PLANE_START_TIMEOUT = 120.0
+#: Time the astromesh node may take to answer /v1/health after it was started (s).
+NODE_START_TIMEOUT = 90.0
+#: Time the node is given to exit after SIGTERM before it is killed (s).
+NODE_STOP_TIMEOUT = 10.0
 
 
 def say(msg: str) -> None:
@@ -78,7 +86,7 @@ class DevNode:
                 env={**os.environ, "ASTROMESH_CONFIG_DIR": str(self.config_dir)},
                 start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + NODE_START_TIMEOUT
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:
                 if self.proc.returncode is not None:
@@ -95,7 +103,7 @@ class DevNode:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), 10)
+                await asyncio.wait_for(self.proc.wait(), NODE_STOP_TIMEOUT)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
@@ -122,22 +130,19 @@ async def seed(store: Store, data: Path) -> tuple[Tenant, str]:
 
 
 async def ensure_tenant_cr(client: Client, tenant: Tenant, s: ManagerSettings) -> None:
+    """The dev tenant's NexusTenant, as the REST API would have created it."""
     if await client.get_or_none(TENANTS, tenant.cr_name, s.namespace) is not None:
         return
     await client.create(
         TENANTS,
-        {
-            "metadata": {"name": tenant.cr_name, "namespace": s.namespace},
-            "spec": {
-                "displayName": tenant.display_name,
-                "nodeProfile": tenant.node_profile,
-                "resourceQuota": {
-                    "maxAgents": s.default_max_agents,
-                    "cpu": s.default_cpu,
-                    "memory": s.default_memory,
-                },
-            },
-        },
+        tenant_body(
+            tenant.cr_name,
+            s.namespace,
+            tenant_id=tenant.id,
+            display_name=tenant.display_name,
+            node_profile=tenant.node_profile,
+            quota=app.tenant_quota(s),
+        ),
     )
 
 
@@ -153,7 +158,7 @@ async def run(
         crd_paths=[ROOT / "config" / "crd" / "bases"],
         with_controller_manager=True,
         data_dir=data / "cluster",
-        start_timeout=120,
+        start_timeout=CONTROL_PLANE_START_TIMEOUT,
     )
     node = DevNode(node_port, data / "node")
     stop = asyncio.Event()
@@ -178,10 +183,11 @@ async def run(
         )
         cfg = await env.client_configuration()
         async with k8s_client.ApiClient(cfg) as api:
-            mgr = app.build_manager(api, settings)
+            nexus = app.Nexus(api, settings)
+            mgr = nexus.manager
             if await mgr.client.get_or_none(NAMESPACES, settings.namespace) is None:
                 await mgr.client.create(NAMESPACES, {"metadata": {"name": settings.namespace}})
-            server = await app.add_api(mgr, settings)
+            server = await nexus.add_api()
             assert server is not None
             await mgr.start()
             tenant, raw_key = await seed(server.context.store, data)

@@ -1,4 +1,8 @@
-"""Manager settings: kubebuilder-style flags, each defaulting from a NEXUS_* variable."""
+"""Manager settings: kubebuilder-style flags, each defaulting from a NEXUS_* variable.
+
+The one place where the manager's defaults live: ``nexus.app`` maps these fields onto the
+settings of each part, which have no defaults of their own.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ class ManagerSettings(BaseSettings):
     node_endpoint: str = Field(
         "dns",
         description='How to reach tenant nodes: "dns", "proxy", or a URL/template with {namespace}',
+    )
+    node_timeout: float = Field(
+        10.0, gt=0, description="Time limit of one call to a tenant's node (s)"
     )
     node_image: str = Field(
         "ghcr.io/monaccode/astromesh:latest", description="astromesh-node image"

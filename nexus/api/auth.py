@@ -157,7 +157,7 @@ async def verify_password(pw: str, hashed: str) -> bool:
         return await _in_pool(_check_sync, pw_bytes, hash_bytes)
     except (ValueError, TypeError, AttributeError) as exc:
         # UnicodeError is a ValueError; bcrypt raises ValueError for a malformed hash.
-        log.debug("password check refused its input", error=type(exc).__name__)
+        log.debug("auth.password_input_refused", error=type(exc).__name__)
         await dummy_verify()
         return False
 

@@ -15,7 +15,8 @@ from nexus.api.credcache import CredentialCache
 from nexus.api.errors import ApiProblem, validation_errors
 from nexus.api.ratelimit import SlidingWindowLimiter
 from nexus.api.store import ApiKey, Store, StoreError, Tenant, User
-from nexus.controllers.node_client import NodeClient
+from nexus.domain.tenant import ResourceQuota
+from nexus.node import NodeClient
 from nexus.runtime import Cache, Client
 
 AUTH_BODY_LIMIT = 16 * 1024
@@ -24,13 +25,11 @@ JSON_TYPES = frozenset({"application/json"})
 
 @dataclass(frozen=True)
 class ApiSettings:
-    #: Namespace of the NexusTenant objects.
-    namespace: str = "nexus-system"
-    default_max_agents: int = 10
-    default_cpu: str = "4"
-    default_memory: str = "8Gi"
-    node_timeout: float = 10.0
-    #: /auth/* limits: per client address, and per account (email).
+    #: Nexus's own namespace, where the NexusTenant objects live.
+    system_namespace: str
+    #: ``resourceQuota`` of the tenants the API creates.
+    tenant_quota: ResourceQuota
+    #: /auth/* limits (requests, per seconds): per client address, and per account (email).
     auth_per_address: tuple[int, float] = (30, 60.0)
     auth_per_account: tuple[int, float] = (10, 60.0)
     refresh_per_address: tuple[int, float] = (60, 60.0)

@@ -179,6 +179,6 @@ async def migrate(db: aiosqlite.Connection, migrations: list[tuple[int, str]] | 
             with suppress(sqlite3.OperationalError):
                 await db.execute("ROLLBACK")
             raise
-        log.info("schema migrated", version=target)
+        log.info("store.schema_migrated", version=target)
         version = target
     return version

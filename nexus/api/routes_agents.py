@@ -13,15 +13,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from nexus.api.agentspec import (
-    MAX_SPEC_BYTES,
-    SpecError,
-    agent_name,
-    agent_version,
-    parse_body,
-    valid_name,
-    validate_agent,
-)
 from nexus.api.context import acting_tenant, ctx, media_type, read_limited
 from nexus.api.errors import ApiProblem, json_out
 from nexus.api.models import (
@@ -34,20 +25,32 @@ from nexus.api.models import (
     Deleted,
     LogLine,
 )
+from nexus.api.specbody import (
+    JSON_MEDIA_TYPE,
+    MAX_SPEC_BYTES,
+    YAML_MEDIA_TYPES,
+    SpecError,
+    parse_body,
+)
 from nexus.api.store import Tenant
-from nexus.controllers.node_client import NodeError
-from nexus.resources import AGENTS, TENANTS, AgentPhase
+from nexus.domain.agent import AgentView, agent_body, live_agents, refuse_new_agent
+from nexus.domain.agentspec import agent_name, valid_name, validate_agent
+from nexus.domain.resources import AGENTS, TENANTS
+from nexus.domain.tenant import TenantSpec
+from nexus.node import NodeError
 from nexus.runtime import ApiError
 from nexus.runtime.finalizers import is_being_deleted
+from nexus.runtime.objects import Object
 from nexus.runtime.resource import EVENTS
 
 log = structlog.get_logger("nexus.api.agents")
 routes = web.RouteTableDef()
 
-SPEC_TYPES = frozenset({"application/yaml", "application/x-yaml", "application/json"})
+SPEC_TYPES = YAML_MEDIA_TYPES | {JSON_MEDIA_TYPE}
 #: astromesh-node's /v1/traces/ refuses a limit above 100.
 NODE_MAX_TRACES = 100
-Object = dict[str, Any]
+#: Bodies below this size are parsed on the event loop: cheaper than handing them to a thread.
+INLINE_PARSE_BYTES = 16384
 
 
 def _parse_and_validate(raw: bytes, mt: str) -> tuple[dict[str, Any], list[str]]:
@@ -63,7 +66,7 @@ async def _spec_from_body(request: web.Request) -> dict[str, Any]:
     try:
         # YAML near the 1 MiB cap takes seconds to parse: never on the event loop. Small
         # bodies (the usual case) are cheaper to parse here than to hand to a thread.
-        if len(raw) < 16384:
+        if len(raw) < INLINE_PARSE_BYTES:
             spec, errors = _parse_and_validate(raw, mt)
         else:
             spec, errors = await asyncio.to_thread(_parse_and_validate, raw, mt)
@@ -94,21 +97,19 @@ async def _agent(request: web.Request, tenant: Tenant, name: str) -> Object:
     return obj
 
 
-def _status(obj: Object) -> Object:
-    status: Object = obj.get("status") or {}
-    return status
-
-
-def _version(obj: Object) -> str | None:
-    return agent_version((obj.get("spec") or {}).get("agentSpec") or {})
+def _status_fields(view: AgentView) -> dict[str, Any]:
+    """The status every agent response shows, in the API's field names."""
+    st = view.status
+    return {"phase": st.phase, "nodeAck": st.node_ack, "lastSyncedAt": st.last_synced_at}
 
 
 def _summary(obj: Object) -> AgentSummary:
+    view = AgentView.of(obj)
     return AgentSummary(
-        name=obj["metadata"]["name"],
-        namespace=obj["metadata"]["namespace"],
-        version=_version(obj),
-        phase=_status(obj).get("phase") or AgentPhase.PENDING,
+        name=view.name,
+        namespace=view.namespace,
+        version=view.spec.version,
+        phase=view.status.phase,
     )
 
 
@@ -120,18 +121,12 @@ async def create_agent(request: web.Request) -> web.Response:
     assert name is not None  # validated
     c = ctx(request)
     ns = tenant.cr_name
-    cr = c.cache.get(TENANTS, ns, c.settings.namespace)
-    quota = (((cr or {}).get("spec") or {}).get("resourceQuota") or {}).get("maxAgents")
-    if quota is not None:
-        alive = [a for a in c.cache.list(AGENTS, ns) if not is_being_deleted(a)]
-        if len(alive) >= int(quota):
-            raise ApiProblem(403, f"exceeded quota: maxAgents={quota}")
-    body = {
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"agentSpec": spec},
-    }
+    quota = TenantSpec.of(c.cache.get(TENANTS, ns, c.settings.system_namespace)).quota
+    refusal = refuse_new_agent(quota.max_agents, live_agents(c.cache.list(AGENTS, ns)))
+    if refusal:
+        raise ApiProblem(403, refusal)
     try:
-        created = await c.kube.create(AGENTS, body)
+        created = await c.kube.create(AGENTS, agent_body(name, ns, spec))
     except ApiError as exc:
         if exc.already_exists:
             raise ApiProblem(409, f"agent {name} already exists") from None
@@ -161,15 +156,13 @@ async def list_agents(request: web.Request) -> web.Response:
 
 
 def _list_item(obj: Object) -> dict[str, Any]:
-    meta, st = obj["metadata"], _status(obj)
+    view = AgentView.of(obj)
     return {
-        "name": meta["name"],
-        "namespace": meta["namespace"],
-        "version": _version(obj),
-        "phase": st.get("phase") or AgentPhase.PENDING,
-        "nodeAck": bool(st.get("nodeAck")),
-        "lastSyncedAt": st.get("lastSyncedAt"),
-        "createdAt": meta.get("creationTimestamp"),
+        "name": view.name,
+        "namespace": view.namespace,
+        "version": view.spec.version,
+        **_status_fields(view),
+        "createdAt": view.created_at,
     }
 
 
@@ -180,21 +173,15 @@ def _compact(obj: Any) -> str:
 @routes.get("/api/v1/agents/{name}")
 async def get_agent(request: web.Request) -> web.Response:
     tenant = await acting_tenant(request)
-    obj = await _agent(request, tenant, _path_name(request))
-    st = _status(obj)
+    view = AgentView.of(await _agent(request, tenant, _path_name(request)))
     return json_out(
         AgentDetail(
-            name=obj["metadata"]["name"],
-            namespace=obj["metadata"]["namespace"],
-            version=_version(obj),
-            spec=(obj.get("spec") or {}).get("agentSpec") or {},
-            status=AgentStatusOut(
-                phase=st.get("phase") or AgentPhase.PENDING,
-                nodeAck=bool(st.get("nodeAck")),
-                lastSyncedAt=st.get("lastSyncedAt"),
-                conditions=st.get("conditions") or [],
-            ),
-            createdAt=obj["metadata"].get("creationTimestamp"),
+            name=view.name,
+            namespace=view.namespace,
+            version=view.spec.version,
+            spec=dict(view.spec.agent_spec),
+            status=AgentStatusOut(**_status_fields(view), conditions=view.status.conditions),
+            createdAt=view.created_at,
         )
     )
 
@@ -259,13 +246,10 @@ async def agent_status(request: web.Request) -> web.Response:
         )
     except NodeError as exc:
         raise _node_failed(exc) from None
-    st = _status(obj)
     return json_out(
         AgentLive(
             name=name,
-            phase=st.get("phase") or AgentPhase.PENDING,
-            nodeAck=bool(st.get("nodeAck")),
-            lastSyncedAt=st.get("lastSyncedAt"),
+            **_status_fields(AgentView.of(obj)),
             node=on_node or {"name": name, "status": "absent"},
         )
     )

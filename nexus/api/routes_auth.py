@@ -94,7 +94,7 @@ async def refresh(request: web.Request) -> web.Response:
         raise ApiProblem(401, "refresh token reuse detected; please log in again")
     if not stored.usable(now):
         raise ApiProblem(401, "refresh token expired")
-    # Per account as well as per address (security.md); after the reuse check, so that a
+    # Per account as well as per address; after the reuse check, so that a
     # replayed token always revokes its family.
     limit(c.per_account, f"refresh:{stored.user_id}")
     raw, new_digest = auth.new_refresh_token()

@@ -29,7 +29,8 @@ from nexus.api.models import (
     TenantRef,
 )
 from nexus.api.store import Tenant, format_ts
-from nexus.resources import TENANTS, TenantPhase
+from nexus.domain.resources import TENANTS, TenantPhase
+from nexus.domain.tenant import TenantStatus, tenant_body
 from nexus.runtime import ApiError
 
 log = structlog.get_logger("nexus.api.tenants")
@@ -43,17 +44,16 @@ def _ts(value: datetime | None) -> str | None:
 def tenant_out(request: web.Request, tenant: Tenant) -> TenantOut:
     """The stored tenant merged with the live status of its NexusTenant (from the cache)."""
     c = ctx(request)
-    cr = c.cache.get(TENANTS, tenant.cr_name, c.settings.namespace)
-    status = (cr or {}).get("status") or {}
+    status = TenantStatus.of(c.cache.get(TENANTS, tenant.cr_name, c.settings.system_namespace))
     return TenantOut(
         id=tenant.id,
         crName=tenant.cr_name,
         displayName=tenant.display_name,
         nodeProfile=tenant.node_profile,
-        phase=status.get("phase") or TenantPhase.PENDING,
-        namespace=status.get("namespace"),
-        nodeEndpoint=status.get("nodeEndpoint"),
-        agentCount=int(status.get("agentCount") or 0),
+        phase=status.phase,
+        namespace=status.namespace,
+        nodeEndpoint=status.node_endpoint,
+        agentCount=status.agent_count,
     )
 
 
@@ -86,22 +86,14 @@ async def create_tenant(request: web.Request) -> web.Response:
     body = await json_body(request, TenantCreateRequest)
     c = ctx(request)
     tenant = await c.store.create_tenant(user.id, body.displayName, body.nodeProfile)
-    cr = {
-        "metadata": {
-            "name": tenant.cr_name,
-            "namespace": c.settings.namespace,
-            "labels": {"nexus.astromesh.io/tenant-id": tenant.id},
-        },
-        "spec": {
-            "displayName": body.displayName,
-            "nodeProfile": body.nodeProfile,
-            "resourceQuota": {
-                "maxAgents": c.settings.default_max_agents,
-                "cpu": c.settings.default_cpu,
-                "memory": c.settings.default_memory,
-            },
-        },
-    }
+    cr = tenant_body(
+        tenant.cr_name,
+        c.settings.system_namespace,
+        tenant_id=tenant.id,
+        display_name=body.displayName,
+        node_profile=body.nodeProfile,
+        quota=c.settings.tenant_quota,
+    )
     try:
         await c.kube.create(TENANTS, cr)
     except (ApiError, ConnectionError, OSError) as exc:
@@ -135,7 +127,9 @@ async def delete_tenant(request: web.Request) -> web.Response:
     tenant = await owned_tenant(request, request.match_info["tenant_id"])
     c = ctx(request)
     try:
-        await c.kube.delete(TENANTS, tenant.cr_name, c.settings.namespace, ignore_not_found=True)
+        await c.kube.delete(
+            TENANTS, tenant.cr_name, c.settings.system_namespace, ignore_not_found=True
+        )
     except (ApiError, ConnectionError, OSError) as exc:
         log.error("api.tenant_delete_failed", tenant=tenant.id, error=str(exc))
         raise ApiProblem(503, "could not delete the tenant in the cluster; retry") from None

@@ -19,6 +19,10 @@ log = structlog.get_logger("nexus.api")
 
 ReadyCheck = Callable[[], Awaitable[str | None] | str | None]
 
+#: Time one check of the API's /readyz may take before it counts as failed (s), so that a
+#: hanging database makes the answer "not ready" rather than no answer at all.
+READY_CHECK_TIMEOUT = 5.0
+
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -40,7 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
         try:
             result = check()
             if asyncio.iscoroutine(result):
-                result = await asyncio.wait_for(result, 5)
+                result = await asyncio.wait_for(result, READY_CHECK_TIMEOUT)
         except Exception as exc:
             result = f"{type(exc).__name__}: {exc}"
         checks[name] = "ok" if not result else str(result)
@@ -68,7 +72,10 @@ def create_app(context: ApiContext) -> web.Application:
 
 
 class ApiServer:
-    """Serves the REST API on every replica (it does not need leadership)."""
+    """Serves the REST API on every replica (it does not need leadership).
+
+    Stopping it closes its store; the node client is shared, and closed by its owner.
+    """
 
     need_leader_election = False
 
@@ -88,5 +95,4 @@ class ApiServer:
 
     async def stop(self) -> None:
         await self._server.stop()
-        await self.context.node.close()
         await self.context.store.close()

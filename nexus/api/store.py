@@ -336,7 +336,9 @@ class SqliteStore:
     ) -> SqliteStore:
         """Open (creating if needed) and migrate the database at ``path``.
 
-        ``clock`` returns the current aware UTC time; tests replace it to move time. Raises
+        ``clock`` returns the current aware UTC time; tests replace it to move time.
+        ``busy_timeout_ms`` is how long a statement waits for another connection's write lock
+        (SQLite's ``busy_timeout``) before it fails with "database is locked". Raises
         :class:`StoreError` if the file cannot be opened in WAL mode and
         :class:`~nexus.api.migrations.MigrationError` if its schema is newer than this build.
         """
@@ -357,7 +359,7 @@ class SqliteStore:
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"cannot open store at {path}: {exc}") from exc
             raise
-        log.info("store opened", path=str(path))
+        log.info("store.opened", path=str(path))
         return cls(path, writer, reader, clock)
 
     async def close(self) -> None:
@@ -369,7 +371,7 @@ class SqliteStore:
                 if conn is not None:
                     await conn.close()
         if writer is not None:
-            log.info("store closed", path=str(self._path))
+            log.info("store.closed", path=str(self._path))
 
     async def ping(self) -> None:
         await self._read("SELECT COUNT(*) FROM schema_version")
@@ -444,7 +446,7 @@ class SqliteStore:
                 if "email_norm" in str(exc):
                     raise EmailTaken(email) from exc
                 continue  # id collision: draw another
-            log.info("user created", user_id=user.id)
+            log.info("store.user_created", user_id=user.id)
             return user
         raise StoreError("could not allocate a user id")
 
@@ -488,7 +490,7 @@ class SqliteStore:
                 if "tenants." in str(exc):
                     continue  # id (and so cr_name) collision: draw another
                 raise StoreError(f"create tenant failed: {exc}") from exc
-            log.info("tenant created", tenant_id=tenant.id, owner=owner_user_id)
+            log.info("store.tenant_created", tenant_id=tenant.id, owner=owner_user_id)
             return tenant
         raise StoreError("could not allocate a tenant id")
 
@@ -506,7 +508,7 @@ class SqliteStore:
                 (now, tenant_id),
             )
             revoked = keys.rowcount
-        log.info("tenant deleted", tenant_id=tenant_id, keys_revoked=revoked)
+        log.info("store.tenant_deleted", tenant_id=tenant_id, keys_revoked=revoked)
         return True
 
     async def purge_tenant(self, tenant_id: str) -> bool:
@@ -515,7 +517,7 @@ class SqliteStore:
             cur = await db.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
             purged = cur.rowcount > 0
         if purged:
-            log.info("tenant purged", tenant_id=tenant_id)
+            log.info("store.tenant_purged", tenant_id=tenant_id)
         return purged
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -560,7 +562,7 @@ class SqliteStore:
         except _Constraint as exc:
             # A duplicate 256-bit hash or a malformed one: a caller bug, not a user error.
             raise StoreError(f"create api key failed: {exc}") from exc
-        log.info("api key created", tenant_id=tenant_id, key_hash=key_hash)
+        log.info("store.api_key_created", tenant_id=tenant_id, key_hash=key_hash)
         return ApiKey(key_hash, tenant_id, label, created)
 
     async def list_api_keys(self, tenant_id: str) -> list[ApiKey]:
@@ -582,7 +584,7 @@ class SqliteStore:
             )
             revoked = cur.rowcount > 0
         if revoked:
-            log.info("api key revoked", tenant_id=tenant_id, key_hash=key_hash)
+            log.info("store.api_key_revoked", tenant_id=tenant_id, key_hash=key_hash)
         return revoked
 
     async def lookup_api_key(self, key_hash: str) -> ApiKey | None:
@@ -608,7 +610,7 @@ class SqliteStore:
                 )
         except StoreError as exc:
             # Bookkeeping must not turn a valid key into a failed request.
-            log.warning("api key last_used_at not updated", key_hash=key_hash, error=str(exc))
+            log.warning("store.api_key_last_used_not_updated", key_hash=key_hash, error=str(exc))
             return key
         return ApiKey(key.hash, key.tenant_id, key.label, key.created_at, now, key.revoked_at)
 
@@ -687,7 +689,7 @@ class SqliteStore:
                 (format_ts(self._now()), family_id),
             )
             count = cur.rowcount
-        log.info("refresh token family revoked", family_id=family_id, tokens=count)
+        log.info("store.refresh_family_revoked", family_id=family_id, tokens=count)
         return count
 
     async def delete_expired_refresh_tokens(self) -> int:
@@ -697,7 +699,7 @@ class SqliteStore:
             )
             count = cur.rowcount
         if count:
-            log.info("expired refresh tokens deleted", tokens=count)
+            log.info("store.refresh_tokens_expired_deleted", tokens=count)
         return count
 
 

@@ -1,39 +1,77 @@
-"""Output for people (kubectl-style aligned tables) and for programs (``-o json``)."""
+"""What the CLI shows: kubectl-style tables and ``describe`` views as ``rich`` renderables,
+plus ``-o json`` documents.
+
+Builders here only turn API answers into renderables; :mod:`nexus.client_cli.terminal` decides
+whether they are drawn with styles (a terminal) or as plain aligned columns (a pipe). Every value
+that comes from the server is wrapped in :class:`rich.text.Text`, so brackets in a name or a log
+line are shown as they are, never interpreted as markup.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
 
 NONE = "<none>"
-COLUMN_GAP = "   "
+# Three blanks between columns, as kubectl prints them.
+COLUMN_GAP = 3
+
+PHASE_STYLES = {
+    "Running": "green",
+    "Ready": "green",
+    "Pending": "yellow",
+    "Deploying": "yellow",
+    "Provisioning": "yellow",
+    "Terminating": "yellow",
+    "Suspended": "blue",
+    "Failed": "bold red",
+    "Error": "bold red",
+}
+LEVEL_STYLES = {"ERROR": "bold red", "CRITICAL": "bold red", "WARNING": "yellow", "DEBUG": "dim"}
+BOOL_STYLES = {"true": "green", "false": "yellow"}
+NODE_STYLES = {"available": "green", "unavailable": "red", "unknown": "yellow"}
+
+Cell = str | Text
 
 
 def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, three spaces apart, no trailing blanks."""
-    widths = [len(h) for h in headers]
+def table(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> Table:
+    """Columns as wide as their widest cell, three blanks apart, no borders.
+
+    On a narrow terminal a cell folds onto the next line rather than being cut: an ID or a key
+    hash must stay whole to be copied.
+    """
+    out = Table(
+        box=None,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, COLUMN_GAP, 0, 0),
+        header_style="bold",
+    )
+    for header in headers:
+        out.add_column(header, overflow="fold")
     for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = []
-    for row in [list(headers), *[list(r) for r in rows]]:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
-        lines.append(COLUMN_GAP.join(cells).rstrip())
-    return "\n".join(lines)
+        out.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
+    return out
 
 
-def key_values(pairs: Sequence[tuple[str, str]]) -> str:
+def key_values(pairs: Sequence[tuple[str, Cell]]) -> Table:
     """``Key:   value`` lines, values aligned (kubectl describe)."""
-    if not pairs:
-        return ""
-    width = max(len(k) for k, _ in pairs) + 3
-    return "\n".join(f"{(k + ':').ljust(width)}{v}".rstrip() for k, v in pairs)
+    # Two blanks of padding after the widest "Key:" put values three columns past the longest key.
+    grid = Table.grid(padding=(0, 2, 0, 0))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in pairs:
+        grid.add_row(Text(f"{key}:"), value if isinstance(value, Text) else Text(value))
+    return grid
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -89,13 +127,46 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def agents_table(items: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
+def phase(value: Any) -> Text:
+    shown = _text(value)
+    return Text(shown, style=PHASE_STYLES.get(shown, ""))
+
+
+def flag(value: Any) -> Text:
+    shown = _text(bool(value))
+    return Text(shown, style=BOOL_STYLES[shown])
+
+
+def node_availability(tenant: dict[str, Any]) -> str | None:
+    """``available`` / ``unavailable`` / ``unknown`` from a tenant answer; None if it has none.
+
+    Older servers say nothing about the tenant's node; newer ones may send a ``nodeAvailable``
+    boolean, a ``node`` object with ``available``, or a ``NodeAvailable`` condition.
+    """
+    value: Any = tenant.get("nodeAvailable")
+    node = tenant.get("node")
+    if value is None and isinstance(node, dict):
+        value = node.get("available")
+    if value is None:
+        for cond in tenant.get("conditions") or []:
+            if isinstance(cond, dict) and cond.get("type") == "NodeAvailable":
+                value = cond.get("status", "Unknown")
+                break
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "available" if value else "unavailable"
+    text = str(value).strip().lower()
+    return {"true": "available", "false": "unavailable"}.get(text, text or "unknown")
+
+
+def agents_table(items: Sequence[dict[str, Any]], now: datetime | None = None) -> Table:
     headers = ["NAME", "PHASE", "NODEACK", "LAST SYNCED", "AGE"]
-    rows = [
+    rows: list[list[Cell]] = [
         [
             _text(a.get("name")),
-            _text(a.get("phase")),
-            _text(bool(a.get("nodeAck"))),
+            phase(a.get("phase")),
+            flag(a.get("nodeAck")),
             age(a.get("lastSyncedAt"), now),
             age(a.get("createdAt"), now),
         ]
@@ -104,37 +175,46 @@ def agents_table(items: Sequence[dict[str, Any]], now: datetime | None = None) -
     return table(headers, rows)
 
 
-def agent_detail_row(agent: dict[str, Any], now: datetime | None = None) -> str:
+def agent_detail_row(agent: dict[str, Any], now: datetime | None = None) -> Table:
     """``agents get NAME`` as a one-row table (with VERSION)."""
     st = agent.get("status") or {}
     headers = ["NAME", "VERSION", "PHASE", "NODEACK", "LAST SYNCED", "AGE"]
-    row = [
+    row: list[Cell] = [
         _text(agent.get("name")),
         _text(agent.get("version")),
-        _text(st.get("phase")),
-        _text(bool(st.get("nodeAck"))),
+        phase(st.get("phase")),
+        flag(st.get("nodeAck")),
         age(st.get("lastSyncedAt"), now),
         age(agent.get("createdAt"), now),
     ]
     return table(headers, [row])
 
 
-def tenants_table(items: Sequence[dict[str, Any]]) -> str:
+def tenants_table(items: Sequence[dict[str, Any]]) -> Table:
+    """Tenants; a NODE column is added last (existing columns keep their place for scripts)
+    when the server reports node availability for any of them."""
     headers = ["ID", "NAME", "PHASE", "NAMESPACE", "AGENTS"]
-    rows = [
-        [
+    nodes = [node_availability(t) for t in items]
+    with_node = any(n is not None for n in nodes)
+    if with_node:
+        headers.append("NODE")
+    rows: list[list[Cell]] = []
+    for t, node in zip(items, nodes, strict=True):
+        row: list[Cell] = [
             _text(t.get("id")),
             _text(t.get("displayName")),
-            _text(t.get("phase")),
+            phase(t.get("phase")),
             _text(t.get("namespace")),
             _text(t.get("agentCount", 0)),
         ]
-        for t in items
-    ]
+        if with_node:
+            shown = node or NONE
+            row.append(Text(shown, style=NODE_STYLES.get(shown, "")))
+        rows.append(row)
     return table(headers, rows)
 
 
-def keys_table(items: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
+def keys_table(items: Sequence[dict[str, Any]], now: datetime | None = None) -> Table:
     headers = ["HASH", "LABEL", "CREATED", "LAST USED"]
     rows = [
         [
@@ -148,13 +228,13 @@ def keys_table(items: Sequence[dict[str, Any]], now: datetime | None = None) -> 
     return table(headers, rows)
 
 
-def agent_status(body: dict[str, Any], now: datetime | None = None) -> str:
+def agent_status(body: dict[str, Any], now: datetime | None = None) -> Table:
     """``agents status NAME``: the resource's view, then the node's live view."""
     synced = body.get("lastSyncedAt")
-    pairs = [
+    pairs: list[tuple[str, Cell]] = [
         ("Name", _text(body.get("name"))),
-        ("Phase", _text(body.get("phase"))),
-        ("Node ack", _text(bool(body.get("nodeAck")))),
+        ("Phase", phase(body.get("phase"))),
+        ("Node ack", flag(body.get("nodeAck"))),
         ("Last synced", f"{synced} ({age(synced, now)} ago)" if parse_time(synced) else NONE),
     ]
     node = body.get("node")
@@ -167,15 +247,17 @@ def agent_status(body: dict[str, Any], now: datetime | None = None) -> str:
     return key_values(pairs)
 
 
-def log_lines(body: dict[str, Any]) -> str:
+def log_lines(body: dict[str, Any]) -> Text:
+    """``timestamp  LEVEL    message``, one line per entry, the level coloured on a terminal."""
     out = []
     for line in body.get("lines") or []:
         if isinstance(line, dict):
             level = str(line.get("level") or "").upper()
-            out.append(f"{line.get('timestamp') or '-'}  {level:<7}  {line.get('message') or ''}")
-    return "\n".join(out)
-
-
-def write_line(stream: TextIO, text: str) -> None:
-    if text:
-        stream.write(text + "\n")
+            out.append(
+                Text.assemble(
+                    f"{line.get('timestamp') or '-'}  ",
+                    (f"{level:<7}", LEVEL_STYLES.get(level, "")),
+                    f"  {line.get('message') or ''}",
+                )
+            )
+    return Text("\n").join(out)

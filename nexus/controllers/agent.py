@@ -1,69 +1,91 @@
 """NexusAgentReconciler: registers and deploys each agent on its tenant's astromesh-node.
 
-The seed's loop: finalizer; phase Deploying; resolve the node through the Ready NexusTenant
-whose ``status.namespace`` is the agent's namespace; register, deploy; phase Running with
-``nodeAck`` and ``lastSyncedAt``; requeue 60 s; errors -> Failed, requeue 30 s; on deletion
-``DELETE`` on the node, errors ignored. Beyond it: idempotent against the node (a converged
-agent costs one GET per resync and is never redeployed, and writes nothing), agents wait in
-Pending for their tenant and are woken when it is Ready, ``maxAgents`` holds for agents created
-with kubectl too, and ``spec.suspend`` pauses an agent on its node (phase Stopped).
+One pass: the finalizer; the node is found through the Ready NexusTenant whose
+``status.namespace`` is the agent's namespace (until there is one the agent waits in Pending,
+and the tenant's Ready transition wakes it); ``maxAgents`` is checked (for agents created with
+kubectl too); phase Deploying, register and deploy on the node; phase Running with ``nodeAck``
+and ``lastSyncedAt``; look again after the resync period. ``spec.suspend`` pauses the agent on
+its node (phase Stopped). A node that fails or cannot be reached sets phase Failed and is
+retried after the error delay (and counted as a reconcile error); a spec the node refused is
+not retried until it changes. On deletion the agent is removed from the node, errors ignored.
 
-``lastSyncedAt`` is the time of the last change pushed to the node: refreshing it on every
-resync would cost one API write per agent per minute for no new information.
+Idempotent against the node: a converged agent costs one GET per resync, is never
+redeployed, and writes nothing. ``lastSyncedAt`` is the time of the last change pushed to the
+node: refreshing it on every resync would cost one API write per agent per minute for no new
+information.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
-from nexus.controllers.node_client import NodeClient, NodeError
+from nexus.controllers.ports import (
+    CacheReader,
+    EventSink,
+    NodeApi,
+    SystemClock,
+    WallClock,
+    Writer,
+)
 from nexus.controllers.status import phase_status, status_unchanged
-from nexus.resources import AGENT_FINALIZER, AGENTS, TENANTS, AgentPhase, TenantPhase
-from nexus.runtime import ApiError, Manager, Request, Result, add_finalizer, remove_finalizer
+from nexus.controllers.watches import TENANT_BY_NAMESPACE
+from nexus.domain.agent import AgentSpec, AgentStatus, live_agents, refuse_agent
+from nexus.domain.resources import AGENT_FINALIZER, AGENTS, TENANTS, AgentPhase
+from nexus.domain.tenant import TenantSpec, TenantStatus
+from nexus.node import NodeError
+from nexus.runtime import (
+    ApiError,
+    Request,
+    RequeueAfterError,
+    Result,
+    add_finalizer,
+    remove_finalizer,
+)
 from nexus.runtime.finalizers import has_finalizer, is_being_deleted
-from nexus.runtime.objects import now_rfc3339
+from nexus.runtime.objects import Object, rfc3339
 
 log = structlog.get_logger("nexus.agent")
-
-Object = dict[str, Any]
-
-#: Index on the tenant informer: tenant namespace -> tenant key.
-TENANT_BY_NAMESPACE = "status.namespace"
-
-
-def tenant_namespace_index(tenant: Object) -> list[str]:
-    ns = (tenant.get("status") or {}).get("namespace")
-    return [ns] if ns else []
 
 
 @dataclass(frozen=True)
 class AgentSettings:
-    #: Namespace where NexusTenant objects live.
-    tenant_namespace: str = "nexus-system"
-    resync_period: float = 60.0
-    error_retry: float = 30.0
-    #: While waiting for the tenant; its Ready transition also wakes the agent at once.
-    pending_retry: float = 30.0
+    #: Nexus's own namespace, where the NexusTenant objects live.
+    system_namespace: str
+    #: Requeue of a converged agent (s).
+    resync_period: float
+    #: Retry of an agent whose node failed (s).
+    error_retry: float
+    #: Look again at an agent waiting for its tenant (s); the tenant's Ready transition also
+    #: wakes it at once.
+    pending_retry: float
 
 
 class NexusAgentReconciler:
     """Converges one NexusAgent onto its tenant's node; see the module docstring."""
 
-    def __init__(self, mgr: Manager, node: NodeClient, settings: AgentSettings) -> None:
-        self.mgr = mgr
-        self.client = mgr.client
-        self.cache = mgr.cache
+    def __init__(
+        self,
+        *,
+        cache: CacheReader,
+        client: Writer,
+        events: EventSink,
+        node: NodeApi,
+        settings: AgentSettings,
+        clock: WallClock | None = None,
+    ) -> None:
+        self.cache = cache
+        self.client = client
+        self.events = events
         self.node = node
         self.settings = settings
-        self.events = mgr.event_recorder("nexusagent-controller")
+        self.clock: WallClock = clock or SystemClock()
 
     def tenant_for(self, namespace: str) -> Object | None:
         tenants = self.cache.by_index(
-            TENANTS, TENANT_BY_NAMESPACE, namespace, self.settings.tenant_namespace
+            TENANTS, TENANT_BY_NAMESPACE, namespace, self.settings.system_namespace
         )
         return tenants[0] if tenants else None
 
@@ -77,8 +99,8 @@ class NexusAgentReconciler:
             return await self._finalize(agent, tenant)
         if not has_finalizer(agent, AGENT_FINALIZER):
             agent = await add_finalizer(self.client, AGENTS, agent, AGENT_FINALIZER)
-        status = agent.get("status") or {}
-        if tenant is None or (tenant.get("status") or {}).get("phase") != TenantPhase.READY:
+        status = AgentStatus.of(agent)
+        if tenant is None or not TenantStatus.of(tenant).ready:
             await self._set_status(
                 agent,
                 AgentPhase.PENDING,
@@ -89,7 +111,7 @@ class NexusAgentReconciler:
             return Result(requeue_after=self.settings.pending_retry)
         over = self._over_quota(agent, tenant)
         if over:
-            if status.get("phase") != AgentPhase.FAILED:
+            if status.phase != AgentPhase.FAILED:
                 self.events.warning(agent, "QuotaExceeded", over)
             await self._set_status(agent, AgentPhase.FAILED, "QuotaExceeded", over, node_ack=False)
             return None  # an agent deleted in the tenant re-queues us through the tenant
@@ -98,16 +120,17 @@ class NexusAgentReconciler:
         try:
             return await self._sync(agent, ns)
         except NodeError as exc:
-            return await self._node_failed(agent, exc)
+            await self._node_failed(agent, exc)  # raises unless the node refused the spec
+            return None
 
     # -- node sync ----------------------------------------------------------------------------
 
     async def _sync(self, agent: Object, ns: str) -> Result:
         name = agent["metadata"]["name"]
         want = desired_spec(agent)
-        suspend = bool((agent.get("spec") or {}).get("suspend"))
+        suspend = AgentSpec.of(agent).suspend
         live = await self.node.get_agent(ns, name)
-        status = agent.get("status") or {}
+        status = AgentStatus.of(agent)
         converged = live is not None and _same_spec(want, live)
         deployed = live is not None and converged and _looks_deployed(want, live)
         if suspend:
@@ -115,7 +138,7 @@ class NexusAgentReconciler:
                 await self.node.register(ns, want)
             if deployed:
                 await self.node.pause(ns, name)
-            if deployed or not converged or status.get("phase") != AgentPhase.STOPPED:
+            if deployed or not converged or status.phase != AgentPhase.STOPPED:
                 self.events.normal(agent, "Stopped", "agent paused on its node")
             await self._set_status(
                 agent,
@@ -129,8 +152,8 @@ class NexusAgentReconciler:
         if (
             converged
             and deployed
-            and status.get("phase") == AgentPhase.RUNNING
-            and status.get("observedGeneration") == agent["metadata"].get("generation")
+            and status.phase == AgentPhase.RUNNING
+            and status.observed_generation == agent["metadata"].get("generation")
         ):
             # The common resync: one GET, no write anywhere.
             return Result(requeue_after=self.settings.resync_period)
@@ -157,33 +180,24 @@ class NexusAgentReconciler:
         return Result(requeue_after=self.settings.resync_period)
 
     def _over_quota(self, agent: Object, tenant: Object) -> str | None:
-        quota = ((tenant.get("spec") or {}).get("resourceQuota") or {}).get("maxAgents")
-        if quota is None:
+        max_agents = TenantSpec.of(tenant).quota.max_agents
+        if max_agents is None:
             return None
-        ns = agent["metadata"]["namespace"]
-        alive = [a for a in self.cache.list(AGENTS, ns) if not is_being_deleted(a)]
-        # First come, first served: the oldest agents keep their places.
-        alive.sort(
-            key=lambda a: (a["metadata"].get("creationTimestamp", ""), a["metadata"]["name"])
-        )
-        names = [a["metadata"]["name"] for a in alive]
-        name = agent["metadata"]["name"]
-        if name in names and names.index(name) >= int(quota):
-            return f"exceeded quota: maxAgents={quota}"
-        return None
+        live = live_agents(self.cache.list(AGENTS, agent["metadata"]["namespace"]))
+        return refuse_agent(max_agents, live, agent["metadata"]["name"])
 
     def _rejected_before(self, agent: Object) -> bool:
-        status = agent.get("status") or {}
-        cond: Object = next(
-            (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
-        )
+        status = AgentStatus.of(agent)
         return (
-            status.get("phase") == AgentPhase.FAILED
-            and cond.get("reason") == "InvalidSpec"
-            and status.get("observedGeneration") == agent["metadata"].get("generation")
+            status.phase == AgentPhase.FAILED
+            and status.reason() == "InvalidSpec"
+            and status.observed_generation == agent["metadata"].get("generation")
         )
 
-    async def _node_failed(self, agent: Object, exc: NodeError) -> Result | None:
+    async def _node_failed(self, agent: Object, exc: NodeError) -> None:
+        """Phase Failed. A spec the node refused waits for a change; any other failure raises
+        :class:`RequeueAfterError`: retried after ``error_retry`` and counted in
+        ``controller_runtime_reconcile_errors_total``."""
         reason = "InvalidSpec" if exc.permanent else "NodeUnavailable"
         log.warning("agent.node_error", agent=agent["metadata"]["name"], error=str(exc))
         self.events.warning(agent, reason, exc.message[:1000])
@@ -192,7 +206,9 @@ class NexusAgentReconciler:
         except ApiError as api_exc:
             if not api_exc.not_found:
                 raise
-        return None if exc.permanent else Result(requeue_after=self.settings.error_retry)
+            return  # the agent is gone: nothing left to retry
+        if not exc.permanent:
+            raise RequeueAfterError(self.settings.error_retry, str(exc)) from exc
 
     # -- status -------------------------------------------------------------------------------
 
@@ -207,16 +223,18 @@ class NexusAgentReconciler:
         synced: bool = False,
     ) -> Object:
         current = agent.get("status") or {}
+        now = rfc3339(self.clock.now())
         status = phase_status(
             agent,
             phase=str(phase),
             ready=phase == AgentPhase.RUNNING,
             reason=reason,
             message=message,
+            now=now,
         )
         status["nodeAck"] = node_ack
         if synced or (node_ack and not current.get("lastSyncedAt")):
-            status["lastSyncedAt"] = now_rfc3339()
+            status["lastSyncedAt"] = now
         if status_unchanged(current, status):
             return agent
         meta = agent["metadata"]
@@ -240,7 +258,7 @@ class NexusAgentReconciler:
 
 def desired_spec(agent: Object) -> Object:
     """The astromesh/v1 spec sent to the node; its name is always the CR's name."""
-    spec = copy.deepcopy((agent.get("spec") or {}).get("agentSpec") or {})
+    spec: Object = copy.deepcopy(dict(AgentSpec.of(agent).agent_spec))
     meta = spec.setdefault("metadata", {})
     meta["name"] = agent["metadata"]["name"]
     return spec
@@ -264,5 +282,7 @@ def _same_spec(want: Object, live: Object) -> bool:
 def _looks_deployed(want: Object, live: Object) -> bool:
     """The node injects ``spec.skills`` only into built (deployed) agents."""
     if "skills" in (want.get("spec") or {}):
-        return True  # cannot tell from the body; the list call settles it in _sync callers
+        # Cannot tell from the body: an agent that declares skills counts as deployed as soon
+        # as the node holds its spec.
+        return True
     return "skills" in (live.get("spec") or {})

@@ -5,16 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from nexus.resources import (
-    MANAGED_LABEL,
-    NODE_NAME,
-    NODE_PORT,
-    TENANT_LABEL,
-    TENANT_NAMESPACE_LABEL,
-)
+from nexus.domain.resources import MANAGED_LABEL, TENANT_LABEL, TENANT_NAMESPACE_LABEL
+from nexus.domain.tenant import TenantSpec
+from nexus.node import NODE_NAME, NODE_PORT
+from nexus.runtime.objects import Object
 from nexus.runtime.quantity import parse_quantity
-
-Object = dict[str, Any]
 
 APP_LABEL = "app.kubernetes.io/name"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -39,16 +34,15 @@ def namespace(tenant: Object) -> Object:
 
 
 def node_deployment(tenant: Object, image: str) -> Object:
-    spec = tenant.get("spec") or {}
-    quota = spec.get("resourceQuota") or {}
-    limits = {k: str(quota[k]) for k in ("cpu", "memory") if quota.get(k) not in (None, "")}
+    spec = TenantSpec.of(tenant)
+    limits = spec.quota.limits
     selector = {APP_LABEL: NODE_NAME, TENANT_LABEL: tenant["metadata"]["name"]}
     probe = {"httpGet": {"path": "/v1/health", "port": NODE_PORT}}
     container: Object = {
         "name": NODE_NAME,
         "image": image,
         "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
-        "env": [{"name": "ASTROMESH_ROLE", "value": str(spec.get("nodeProfile") or "full")}],
+        "env": [{"name": "ASTROMESH_ROLE", "value": spec.node_profile}],
         "livenessProbe": probe,
         "readinessProbe": probe,
         "resources": {"limits": limits} if limits else {},

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from nexus.runtime.objects import conditions_equal, set_condition
-
-Object = dict[str, Any]
+from nexus.runtime.objects import Object, conditions_equal, set_condition
 
 
-def phase_status(obj: Object, *, phase: str, ready: bool, reason: str, message: str) -> Object:
-    """The common part of a status; the Ready condition keeps its transition time if unchanged."""
+def phase_status(
+    obj: Object, *, phase: str, ready: bool, reason: str, message: str, now: str
+) -> Object:
+    """The common part of a status; the Ready condition keeps its transition time if unchanged.
+
+    ``now`` (a ``metav1.Time``) stamps a Ready condition whose status changes.
+    """
     gen = obj["metadata"].get("generation")
     return {
         "phase": phase,
@@ -23,6 +24,7 @@ def phase_status(obj: Object, *, phase: str, ready: bool, reason: str, message: 
             reason=reason,
             message=message,
             observed_generation=gen,
+            now=now,
         ),
     }
 

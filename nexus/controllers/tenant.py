@@ -1,52 +1,71 @@
 """NexusTenantReconciler: a namespace, an astromesh-node Deployment and Service per tenant.
 
-The seed's loop: finalizer; phase Provisioning; namespace (labelled managed); node Deployment
-(1 replica, port 8000, /v1/health probes, limits from the quota, ASTROMESH_ROLE); Service;
-phase Ready with namespace and node endpoint; requeue 60 s; errors -> Error, requeue 30 s;
-on deletion the namespace goes first, then the finalizer. Beyond it: children are watched
-(drift is repaired in seconds), a converged tenant costs no API write, conditions and events
-tell what happened, and system namespaces are refused.
+One pass: the finalizer; phase Provisioning while anything is missing; the namespace
+(labelled managed), the node Deployment (1 replica, port 8000, /v1/health probes, limits from
+the quota, ASTROMESH_ROLE from the node profile) and its Service; phase Ready with the
+namespace and the node's endpoint; look again after the resync period. A failure sets phase
+Error and is retried after the error delay (and counted as a reconcile error). On deletion the
+namespace goes first, then the finalizer.
+
+The children are watched, so drift is repaired in seconds; a converged tenant costs no API
+write; conditions and events tell what happened; system namespaces are refused.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from nexus.controllers import desired
+from nexus.controllers.ports import CacheReader, EventSink, SystemClock, WallClock, Writer
 from nexus.controllers.status import phase_status, status_unchanged
-from nexus.resources import (
+from nexus.domain.agent import live_agents
+from nexus.domain.resources import (
     AGENTS,
-    NODE_NAME,
     TENANT_FINALIZER,
     TENANT_LABEL,
     TENANT_NAMESPACE_LABEL,
     TENANTS,
     TenantPhase,
-    in_cluster_endpoint,
 )
-from nexus.runtime import ApiError, Manager, Request, Result, add_finalizer, remove_finalizer
+from nexus.domain.tenant import TenantStatus
+from nexus.node import NODE_NAME, in_cluster_endpoint
+from nexus.runtime import (
+    ApiError,
+    Request,
+    RequeueAfterError,
+    Result,
+    add_finalizer,
+    remove_finalizer,
+)
 from nexus.runtime.finalizers import has_finalizer, is_being_deleted
+from nexus.runtime.objects import Object, rfc3339
 from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, SERVICES, Resource
 
 log = structlog.get_logger("nexus.tenant")
 
-Object = dict[str, Any]
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+#: Names no tenant may take, besides the configured system namespace and ``kube-*``:
+#: Kubernetes' default namespace and Nexus's default home.
+_RESERVED_NAMES = frozenset({"default", "nexus-system"})
+
+#: How often to look again while the tenant's namespace is terminating (s). Not an error, and
+#: the namespace watch usually wakes the tenant first.
+NAMESPACE_DELETION_POLL = 2.0
 
 
 @dataclass(frozen=True)
 class TenantSettings:
-    #: Namespace where NexusTenant objects live.
-    namespace: str = "nexus-system"
-    node_image: str = "ghcr.io/monaccode/astromesh:latest"
-    resync_period: float = 60.0
-    error_retry: float = 30.0
-    #: How often to look again while the tenant namespace is being deleted.
-    deletion_poll: float = 2.0
+    #: Nexus's own namespace: NexusTenant objects live there (and it is never a tenant's).
+    system_namespace: str
+    node_image: str
+    #: Requeue of a converged tenant (s).
+    resync_period: float
+    #: Retry of a tenant in Error (s).
+    error_retry: float
 
 
 class ReservedNameError(Exception):
@@ -56,12 +75,20 @@ class ReservedNameError(Exception):
 class NexusTenantReconciler:
     """Converges one NexusTenant; see the module docstring for the loop."""
 
-    def __init__(self, mgr: Manager, settings: TenantSettings) -> None:
-        self.mgr = mgr
-        self.client = mgr.client
-        self.cache = mgr.cache
+    def __init__(
+        self,
+        *,
+        cache: CacheReader,
+        client: Writer,
+        events: EventSink,
+        settings: TenantSettings,
+        clock: WallClock | None = None,
+    ) -> None:
+        self.cache = cache
+        self.client = client
+        self.events = events
         self.settings = settings
-        self.events = mgr.event_recorder("nexustenant-controller")
+        self.clock: WallClock = clock or SystemClock()
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -80,17 +107,21 @@ class NexusTenantReconciler:
         except ApiError as exc:
             if exc.conflict:
                 raise  # a stale cache after our own write: retry at once, not an error state
-            return await self._failed(tenant, f"{exc.status} {exc.reason}: {exc.message}")
+            raise await self._failed(tenant, f"{exc.status} {exc.reason}: {exc.message}") from exc
         except ReservedNameError as exc:
-            return await self._failed(tenant, str(exc))
+            raise await self._failed(tenant, str(exc)) from exc
         except (ConnectionError, OSError, TimeoutError) as exc:
-            return await self._failed(tenant, f"{type(exc).__name__}: {exc}")
+            raise await self._failed(tenant, f"{type(exc).__name__}: {exc}") from exc
 
     # -- provisioning -------------------------------------------------------------------------
 
     def _reserved(self, tenant: Object) -> str | None:
         name = tenant["metadata"]["name"]
-        if name in ("default", self.settings.namespace, "nexus-system") or name.startswith("kube-"):
+        if (
+            name in _RESERVED_NAMES
+            or name == self.settings.system_namespace
+            or name.startswith("kube-")
+        ):
             return f"tenant name {name!r} is a system namespace; choose another name"
         if not _DNS_LABEL.match(name):
             return f"tenant name {name!r} is not a valid namespace name (RFC 1123 label)"
@@ -112,7 +143,7 @@ class NexusTenantReconciler:
                 "NamespaceTerminating",
                 f"waiting for the old namespace {name} to finish terminating",
             )
-            return Result(requeue_after=self.settings.deletion_poll)
+            return Result(requeue_after=NAMESPACE_DELETION_POLL)
         live_deploy = self.cache.get(DEPLOYMENTS, NODE_NAME, name)
         live_svc = self.cache.get(SERVICES, NODE_NAME, name)
         changes = [
@@ -124,7 +155,7 @@ class NexusTenantReconciler:
             )
             if live is None or not desired.is_subset(_owned(want), live)
         ]
-        phase = (tenant.get("status") or {}).get("phase")
+        phase = TenantStatus.of(tenant).phase
         if changes and phase != TenantPhase.READY:
             tenant = await self._set_status(
                 tenant,
@@ -188,7 +219,7 @@ class NexusTenantReconciler:
     def _agent_count(self, namespace: str | None) -> int:
         if not namespace:
             return 0
-        return sum(1 for a in self.cache.list(AGENTS, namespace) if not is_being_deleted(a))
+        return len(live_agents(self.cache.list(AGENTS, namespace)))
 
     async def _set_status(
         self,
@@ -207,6 +238,7 @@ class NexusTenantReconciler:
             ready=phase == TenantPhase.READY,
             reason=reason,
             message=message,
+            now=rfc3339(self.clock.now()),
         )
         if namespace is not None:
             status["namespace"] = namespace
@@ -217,14 +249,17 @@ class NexusTenantReconciler:
         meta = tenant["metadata"]
         return await self.client.patch_status(TENANTS, meta["name"], status, meta["namespace"])
 
-    async def _failed(self, tenant: Object, message: str) -> Result:
+    async def _failed(self, tenant: Object, message: str) -> RequeueAfterError:
+        """Sets phase Error; the caller raises the returned error, so that the tenant is
+        retried after ``error_retry`` and counted in ``controller_runtime_reconcile_errors_total``.
+        """
         log.warning("tenant.error", tenant=tenant["metadata"]["name"], error=message)
         self.events.warning(tenant, "ProvisioningFailed", message)
         try:
             await self._set_status(tenant, TenantPhase.ERROR, "ProvisioningFailed", message)
         except (ApiError, ConnectionError, OSError) as exc:
             log.warning("tenant.status_write_failed", error=str(exc))
-        return Result(requeue_after=self.settings.error_retry)
+        return RequeueAfterError(self.settings.error_retry, message)
 
     # -- deletion -----------------------------------------------------------------------------
 
@@ -239,8 +274,13 @@ class NexusTenantReconciler:
                 self.events.normal(tenant, "Deleting", f"deleting namespace {name}")
             # Keep the tenant until its namespace (and the agents' cleanup in it) is gone; the
             # namespace watch wakes us when it disappears.
-            return Result(requeue_after=self.settings.deletion_poll)
-        await remove_finalizer(self.client, TENANTS, tenant, TENANT_FINALIZER)
+            return Result(requeue_after=NAMESPACE_DELETION_POLL)
+        # Read it afresh: a pass queued while the previous one removed the finalizer sees a
+        # cache that has not caught up yet, and must not remove (and report) it twice.
+        fresh = await self.client.get_or_none(TENANTS, name, tenant["metadata"]["namespace"])
+        if fresh is None or not has_finalizer(fresh, TENANT_FINALIZER):
+            return None
+        await remove_finalizer(self.client, TENANTS, fresh, TENANT_FINALIZER)
         log.info("tenant.deleted", tenant=name)
         return None
 

@@ -45,11 +45,17 @@ class _Enqueuer:
     changes made after a restart are served first (controller-runtime >= 0.23).
     """
 
-    __slots__ = ("mapper", "predicates", "queue")
+    __slots__ = ("mapper", "name", "predicates", "queue")
 
     def __init__(
-        self, queue: WorkQueue[Request], mapper: Mapper, predicates: Sequence[Predicate]
+        self,
+        queue: WorkQueue[Request],
+        mapper: Mapper,
+        predicates: Sequence[Predicate],
+        name: str = "",
     ) -> None:
+        #: Labels this handler's errors in ``informer_handler_errors_total``.
+        self.name = name
         self.queue = queue
         self.mapper = mapper
         self.predicates = tuple(predicates)
@@ -85,6 +91,9 @@ class Controller:
         ignored; :class:`TerminalError` is counted and not retried;
         :class:`RequeueAfterError` is counted and retried after its fixed delay;
       * ``Result(requeue_after=s)`` resets the backoff and schedules the request after ``s``;
+      * a predicate or mapping function that raises on an event queues nothing for that
+        event; the informer logs it and counts it in ``informer_handler_errors_total`` with
+        ``handler`` = this controller's name, and other controllers still get the event;
       * on stop, workers finish the request in hand and take no new one.
     """
 
@@ -122,7 +131,7 @@ class Controller:
 
     def watch(self, informer: Informer, mapper: Mapper, *predicates: Predicate) -> None:
         """Queue the requests ``mapper`` derives from every event that passes ``predicates``."""
-        informer.add_event_handler(_Enqueuer(self.queue, mapper, predicates))
+        informer.add_event_handler(_Enqueuer(self.queue, mapper, predicates, self.name))
         self._watched.append(informer)
 
     @property

@@ -9,13 +9,33 @@ guard (422 or 409) re-reads the object and tries again.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from nexus.runtime.client import ApiError, Client
+from nexus.runtime.client import ApiError, PatchType
 from nexus.runtime.resource import Resource
 
 Object = dict[str, Any]
 _ATTEMPTS = 5
+
+
+class FinalizerClient(Protocol):
+    """The calls the helpers make (:class:`~nexus.runtime.client.Client` has them all)."""
+
+    async def get(self, res: Resource, name: str, namespace: str | None = None) -> Object: ...
+
+    async def get_or_none(
+        self, res: Resource, name: str, namespace: str | None = None
+    ) -> Object | None: ...
+
+    async def patch(
+        self,
+        res: Resource,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        *,
+        patch_type: PatchType = "merge",
+    ) -> Object: ...
 
 
 def has_finalizer(obj: Object, name: str) -> bool:
@@ -26,7 +46,7 @@ def is_being_deleted(obj: Object) -> bool:
     return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
-async def add_finalizer(client: Client, res: Resource, obj: Object, name: str) -> Object:
+async def add_finalizer(client: FinalizerClient, res: Resource, obj: Object, name: str) -> Object:
     """Ensure ``name`` is in the object's finalizers; returns the object as written."""
     current = obj
     for attempt in range(_ATTEMPTS):
@@ -52,7 +72,9 @@ async def add_finalizer(client: Client, res: Resource, obj: Object, name: str) -
     raise AssertionError("unreachable")
 
 
-async def remove_finalizer(client: Client, res: Resource, obj: Object, name: str) -> Object | None:
+async def remove_finalizer(
+    client: FinalizerClient, res: Resource, obj: Object, name: str
+) -> Object | None:
     """Remove ``name`` only; returns the object as written, or None if it is gone."""
     current: Object | None = obj
     for attempt in range(_ATTEMPTS):

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
+from nexus.runtime import metrics
 from nexus.runtime.backoff import Backoff
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.resource import Resource, object_key
@@ -51,6 +52,10 @@ class EventHandler(Protocol):
     joined late), so that controllers can queue them at low priority.
     ``final_state_unknown`` marks a deletion detected by a relist: the object shown is the last
     state the cache saw, not the state at deletion (client-go's ``DeletedFinalStateUnknown``).
+
+    An exception from a handler is logged (``informer.handler_error``) and counted in
+    ``informer_handler_errors_total``; it never reaches the other handlers or the watch. An
+    optional ``name`` attribute labels those errors (else the class name is used).
     """
 
     def on_add(self, obj: Object, initial: bool) -> None: ...
@@ -90,7 +95,12 @@ class Informer:
         deleted with ``final_state_unknown=True``;
       * connection errors back off (800 ms -> 30 s with jitter, forgiven after 2 min healthy);
         an unexpected exception is logged and retried: the informer task never dies silently;
-      * indexes are kept in step with the store and shrink when objects go away.
+      * indexes are kept in step with the store and shrink when objects go away;
+      * handlers are isolated from each other and from the watch (client-go's
+        ``processorListener``): a handler that raises on an object is logged and counted in
+        ``informer_handler_errors_total``; the other handlers still receive that event, the
+        store keeps it, the list still syncs and the watch goes on. The failing handler is not
+        called again for that event: it sees the object next on its next change or resync.
 
     Caveats: handlers see the latest state, not every intermediate one (watch semantics);
     a deletion while disconnected is seen only as a tombstone after the next list.
@@ -128,7 +138,13 @@ class Informer:
         )
         self.last_error: str | None = None
         #: Counters for tests and diagnostics.
-        self.stats = {"lists": 0, "watches": 0, "relists_gone": 0, "idle_reconnects": 0}
+        self.stats = {
+            "lists": 0,
+            "watches": 0,
+            "relists_gone": 0,
+            "idle_reconnects": 0,
+            "handler_errors": 0,
+        }
         self._log = log.bind(resource=str(resource), namespace=namespace, selector=label_selector)
 
     # -- configuration ----------------------------------------------------------------------
@@ -151,7 +167,10 @@ class Informer:
         self._handlers.append(handler)
         if self._synced.is_set():
             for obj in list(self._store.values()):
-                handler.on_add(obj, True)
+                try:
+                    handler.on_add(obj, True)
+                except Exception:
+                    self._handler_failed(handler, "add", obj)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -278,18 +297,15 @@ class Informer:
         for key in [k for k in self._store if k not in fresh]:
             old = self._delete(key)
             if old is not None:
-                for h in self._handlers:
-                    h.on_delete(old, True)
+                self._notify_delete(old, True)
         for key, obj in fresh.items():
             old = self._store.get(key)
             if old is None:
                 self._put(key, obj)
-                for h in self._handlers:
-                    h.on_add(obj, first)
+                self._notify_add(obj, first)
             elif _rv(old) != _rv(obj):
                 self._put(key, obj)
-                for h in self._handlers:
-                    h.on_update(old, obj)
+                self._notify_update(old, obj)
         self._resource_version = rv
         if first:
             self._synced.set()
@@ -322,15 +338,13 @@ class Informer:
         if kind in ("ADDED", "MODIFIED"):
             old = self._store.get(key)
             self._put(key, obj)
-            for h in self._handlers:
-                if old is None:
-                    h.on_add(obj, False)
-                else:
-                    h.on_update(old, obj)
+            if old is None:
+                self._notify_add(obj, False)
+            else:
+                self._notify_update(old, obj)
         elif kind == "DELETED":
             self._delete(key)
-            for h in self._handlers:
-                h.on_delete(obj, False)
+            self._notify_delete(obj, False)
         if rv:
             self._resource_version = rv
 
@@ -339,8 +353,40 @@ class Informer:
         while True:
             await asyncio.sleep(period * random.uniform(0.9, 1.1))
             for obj in list(self._store.values()):
-                for h in self._handlers:
-                    h.on_update(obj, obj)
+                self._notify_update(obj, obj)
+
+    # -- delivery ---------------------------------------------------------------------------
+    # One try per handler and event: an exception that escaped here would reach ``run``, which
+    # backs off and replays the same event to every handler, forever (a poison object).
+
+    def _notify_add(self, obj: Object, initial: bool) -> None:
+        for h in self._handlers:
+            try:
+                h.on_add(obj, initial)
+            except Exception:
+                self._handler_failed(h, "add", obj)
+
+    def _notify_update(self, old: Object, new: Object) -> None:
+        for h in self._handlers:
+            try:
+                h.on_update(old, new)
+            except Exception:
+                self._handler_failed(h, "update", new)
+
+    def _notify_delete(self, obj: Object, final_state_unknown: bool) -> None:
+        for h in self._handlers:
+            try:
+                h.on_delete(obj, final_state_unknown)
+            except Exception:
+                self._handler_failed(h, "delete", obj)
+
+    def _handler_failed(self, handler: EventHandler, event: str, obj: Object) -> None:
+        name = handler_name(handler)
+        self.stats["handler_errors"] += 1
+        metrics.INFORMER_HANDLER_ERRORS.labels(str(self.resource), name, event).inc()
+        self._log.exception(
+            "informer.handler_error", handler=name, event_type=event, object=object_key(obj)
+        )
 
     # -- store ------------------------------------------------------------------------------
 
@@ -364,6 +410,12 @@ class Informer:
                 for value in fn(old):
                     _discard(index, value, key)
         return old
+
+
+def handler_name(handler: EventHandler) -> str:
+    """The ``handler`` label of a handler's errors: its ``name`` attribute, else its class."""
+    name = getattr(handler, "name", None)
+    return name if isinstance(name, str) and name else type(handler).__name__
 
 
 def _discard(index: dict[str, set[str]], value: str, key: str) -> None:

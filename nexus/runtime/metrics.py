@@ -131,6 +131,20 @@ WORKQUEUE_RETRIES = Counter(
     registry=REGISTRY,
 )
 
+# -- informer -------------------------------------------------------------------------------
+# Neither client-go nor controller-runtime exports this (client-go re-panics on a handler
+# panic by default); it is named in their style: subsystem prefix, ``_total`` for a counter.
+# ``resource`` is ``plural.group``, ``handler`` the handler's name (a controller's name for the
+# handlers a controller registers), ``event`` one of add / update / delete. Any increase means
+# some controller silently missed an event: alert on ``increase(...[10m]) > 0``.
+INFORMER_HANDLER_ERRORS = Counter(
+    "informer_handler_errors_total",
+    "Total number of exceptions raised by informer event handlers (including mapping "
+    "functions and predicates), per resource, handler and event type",
+    ["resource", "handler", "event"],
+    registry=REGISTRY,
+)
+
 # -- leader election ------------------------------------------------------------------------
 LEADER_ELECTION_STATUS = Gauge(
     "leader_election_master_status",

@@ -13,6 +13,11 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339(timestamp: float) -> str:
+    """``timestamp`` (seconds since the epoch) as a ``metav1.Time``."""
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def now_micro() -> str:
     """A ``metav1.MicroTime``: RFC 3339 with microseconds, UTC."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -48,11 +53,13 @@ def set_condition(
     reason: str,
     message: str,
     observed_generation: int | None = None,
+    now: str | None = None,
 ) -> list[Object]:
     """A new condition list with ``type_`` set (``meta.SetStatusCondition``).
 
     ``lastTransitionTime`` changes only when the status does, so rewriting an unchanged
-    condition produces an identical list (and no API write, if the caller compares).
+    condition produces an identical list (and no API write, if the caller compares); a new
+    transition is stamped ``now`` (a ``metav1.Time``; default: the current time).
     """
     result = [dict(c) for c in conditions or () if c.get("type") != type_]
     old = find_condition(conditions, type_)
@@ -64,7 +71,7 @@ def set_condition(
         "lastTransitionTime": (
             old["lastTransitionTime"]
             if old is not None and old.get("status") == status and old.get("lastTransitionTime")
-            else now_rfc3339()
+            else now or now_rfc3339()
         ),
     }
     if observed_generation is not None:

@@ -1,5 +1,5 @@
-"""Property-based fuzzing of the REST API (security.md, "Fuzzing"): schemathesis against the
-``/openapi.json`` of a live `nexus manager` subprocess (real kube-apiserver, real node).
+"""Property-based fuzzing of the REST API: schemathesis against the ``/openapi.json`` of a live
+`nexus manager` subprocess (real kube-apiserver, real node).
 
 Every operation of the document gets positive and negative examples, sent with real
 credentials: a user access token for ``/api/v1/me`` and the tenant routes (with the user's own

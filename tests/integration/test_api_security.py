@@ -1,4 +1,4 @@
-"""security.md, line by line, against a real `nexus manager` subprocess.
+"""The REST API's security guarantees, one by one, against a real `nexus manager` subprocess.
 
 One manager for the module (real kube-apiserver, real astromesh node). The manager reaches the
 node through a recording proxy (``--node-endpoint=http://127.0.0.1:<port>/{namespace}``), so a
@@ -35,7 +35,7 @@ import yarl
 from aiohttp import web
 
 from nexus.api.store import format_ts
-from nexus.resources import AGENTS
+from nexus.domain.resources import AGENTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, free_port
 from nexus.runtime.resource import NAMESPACES
@@ -397,7 +397,7 @@ async def world(
         tid: str = r.body["id"]
         return tid
 
-    # The quota tenant's name is full of SQL metacharacters (security.md: "any field").
+    # The quota tenant's name is full of SQL metacharacters: any field may carry them.
     w.a.tenant, w.b.tenant, w.quota_tenant = await asyncio.gather(
         tenant(w.a, "Alpha"), tenant(w.b, "Beta"), tenant(w.a, "Q'); DROP TABLE tenants;--")
     )

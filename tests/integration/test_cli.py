@@ -128,8 +128,12 @@ async def test_cli_walkthrough(manager: ManagerProcess, tmp_path: Path) -> None:
             break
         await asyncio.sleep(1)
     assert phase == "Ready", manager.log_tail()
-    table = (await nexus.ok("tenants", "list")).out.splitlines()
-    assert table[0].split() == ["ID", "NAME", "PHASE", "NAMESPACE", "AGENTS"]
+    run = await nexus.ok("tenants", "list")
+    assert "\x1b" not in run.out  # a pipe: plain text, no colours
+    table = run.out.splitlines()
+    # a NODE column follows once the server reports node availability
+    assert table[0].split()[:5] == ["ID", "NAME", "PHASE", "NAMESPACE", "AGENTS"]
+    assert table[0].split()[5:] in ([], ["NODE"])
     assert any(line.startswith(tenant_id) and "Ready" in line for line in table[1:])
 
     # API key: the raw key alone on stdout
@@ -145,6 +149,7 @@ async def test_cli_walkthrough(manager: ManagerProcess, tmp_path: Path) -> None:
     assert "agent cli-bot created" in run.out
     assert "agent cli-bot is Running (nodeAck)" in run.out
     assert "cli-bot Running (nodeAck)" in run.err  # not a TTY: one line per phase change
+    assert "\x1b" not in run.err and "\r" not in run.err  # ... and no live spinner
 
     agents = (await nexus.ok("agents", "list", "-o", "json")).json()
     (bot,) = [a for a in agents if a["name"] == "cli-bot"]

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.envtest import Environment, install_crds
-from nexus.runtime.resource import CONFIGMAPS, DEPLOYMENTS, NAMESPACES
+from nexus.runtime.resource import CONFIGMAPS, CRDS, DEPLOYMENTS, NAMESPACES, Resource
 
 from ..conftest import ROOT, TEST_CRDS, WIDGETS
 
@@ -138,8 +139,45 @@ async def test_kubeconfig_is_usable(envtest: Environment, kube: Client) -> None:
     assert doc["clusters"][0]["cluster"]["server"] == envtest.host
 
 
-async def test_install_crds_is_idempotent(api_client: k8s_client.ApiClient) -> None:
-    assert await install_crds(api_client, [TEST_CRDS]) == ["widgets.test.nexus.io"]
+async def test_install_crds_twice_creates_then_updates_in_place(
+    api_client: k8s_client.ApiClient, kube: Client, namespace: str, tmp_path: Path
+) -> None:
+    # A CRD of its own (a fresh group), so the session's CRDs are left alone.
+    group = f"g{uuid.uuid4().hex[:10]}.test.nexus.io"
+    name = f"gadgets.{group}"
+    doc = yaml.safe_load((TEST_CRDS / "widgets.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["group"] = group
+    doc["spec"]["names"] = {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"}
+    path = tmp_path / "gadgets.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    gadgets = Resource(group, "v1", "gadgets", "Gadget")
+    try:
+        assert await install_crds(api_client, [path]) == [name]
+        first = (await kube.get(CRDS, name))["metadata"]
+        await kube.create(
+            gadgets, {"metadata": {"name": "g1", "namespace": namespace}, "spec": {"size": 1}}
+        )
+
+        # The same file again: accepted, and nothing changes.
+        assert await install_crds(api_client, [path]) == [name]
+        second = (await kube.get(CRDS, name))["metadata"]
+        assert (second["uid"], second["generation"]) == (first["uid"], first["generation"])
+
+        # A changed file: the existing CRD is updated in place, its objects kept.
+        version = doc["spec"]["versions"][0]
+        spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        spec_schema["properties"]["shape"] = {"type": "string"}
+        path.write_text(yaml.safe_dump(doc))
+        assert await install_crds(api_client, [path]) == [name]
+        third = await kube.get(CRDS, name)
+        assert third["metadata"]["uid"] == first["uid"]
+        assert third["metadata"]["generation"] == first["generation"] + 1
+        served = third["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        assert served["properties"]["spec"]["properties"]["shape"] == {"type": "string"}
+        assert (await kube.get(gadgets, "g1", namespace))["spec"] == {"size": 1}
+    finally:
+        await kube.delete(CRDS, name, ignore_not_found=True)
 
 
 async def test_every_process_stops_and_temp_dir_is_removed() -> None:

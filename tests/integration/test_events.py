@@ -223,22 +223,55 @@ async def test_in_flight_writes_are_bounded_and_the_rest_dropped(
     assert sorted(e["reason"] for e in events) == [f"Reason{i}" for i in range(5)]
 
 
+class _GatedWrites:
+    """The real client, with Event creates held back so that a test can order them: the
+    "Early" create waits for ``release``; the "Late" one waits until "Early" has been
+    answered, then for one more real request, so it always ends after "Early"."""
+
+    def __init__(self, kube: Client) -> None:
+        self._kube = kube
+        self.early_sent = asyncio.Event()
+        self.release = asyncio.Event()
+        self.early_done = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kube, name)
+
+    async def create(self, res: Any, body: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        if body.get("reason") == "Early":
+            self.early_sent.set()
+            await self.release.wait()
+            try:
+                return await self._kube.create(res, body, *args, **kw)
+            finally:
+                self.early_done.set()
+        if body.get("reason") == "Late":
+            await self.early_done.wait()
+            await self._kube.request("GET", "/version")
+        return await self._kube.create(res, body, *args, **kw)
+
+
 async def test_flush_waits_for_writes_scheduled_while_flushing(
     kube: Client, namespace: str
 ) -> None:
     cm = await _configmap(kube, namespace)
-    recorder = EventRecorder(kube, "nexus-controller")
+    gated = _GatedWrites(kube)
+    recorder = EventRecorder(gated, "nexus-controller")  # type: ignore[arg-type]
     await recorder.flush()  # nothing pending: returns at once
 
-    async def late() -> None:
-        await asyncio.sleep(0.01)
-        recorder.normal(cm, "Late", "scheduled during flush")
-
     recorder.normal(cm, "Early", "scheduled before flush")
-    producer = asyncio.create_task(late())
-    await recorder.flush()
-    await producer
-    await recorder.flush()
+    await gated.early_sent.wait()
+    flushing = asyncio.create_task(recorder.flush())
+    await asyncio.sleep(0)
+    assert not flushing.done()  # flush is waiting for "Early"
+    # Scheduled while flush waits; its write ends only after "Early"'s, so a flush that
+    # waited only for the writes it saw when it began would return before it.
+    recorder.normal(cm, "Late", "scheduled during flush")
+    gated.release.set()
+    async with asyncio.timeout(10):
+        await flushing
+    # Checked the moment flush returns, with no further flush or wait.
+    assert recorder.in_flight == 0
     reasons = sorted(
         e["reason"] for e in await _events_about(kube, namespace, cm["metadata"]["uid"])
     )

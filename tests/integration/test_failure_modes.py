@@ -1,4 +1,4 @@
-"""Production failure modes of kopf and controller-runtime (runtime-reference.md, section C).
+"""Failure modes that operators built on kopf and controller-runtime have met in production.
 
 The others have their own tests: silent watch (test_informer), thundering herd and priorities
 (test_controller, unit workqueue), finalizer races (test_controller), leader election loss
@@ -17,7 +17,7 @@ from kubernetes_asyncio import client as k8s_client
 from structlog.testing import capture_logs
 
 from nexus.app import build_manager
-from nexus.resources import TENANTS
+from nexus.domain.resources import TENANTS
 from nexus.runtime import Builder, ControllerOptions, Manager, ManagerOptions, Request, Result
 from nexus.runtime.client import Client
 from nexus.runtime.informer import Informer, InformerOptions

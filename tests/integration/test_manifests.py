@@ -18,7 +18,7 @@ from kubernetes_asyncio import client as k8s_client
 from prometheus_client import REGISTRY
 
 from nexus.app import build_manager
-from nexus.resources import AGENTS, TENANTS
+from nexus.domain.resources import AGENTS, TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import NAMESPACES, SECRETS

@@ -15,7 +15,7 @@ from kubernetes_asyncio import client as k8s_client
 from prometheus_client import REGISTRY
 
 from nexus.app import build_manager
-from nexus.resources import (
+from nexus.domain.resources import (
     AGENT_FINALIZER,
     AGENTS,
     MANAGED_LABEL,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
-from nexus.resources import AGENTS, TENANT_NAMESPACE_LABEL, TENANTS
+from nexus.domain.resources import AGENTS, TENANT_NAMESPACE_LABEL, TENANTS
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import NAMESPACES, Resource

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
-from nexus.resources import TENANTS
+from nexus.domain.resources import TENANTS
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import CONFIGMAPS, DEPLOYMENTS, NAMESPACES

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nexus.resources import TENANT_FINALIZER, TENANTS
+from nexus.domain.resources import TENANT_FINALIZER, TENANTS
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import NAMESPACES

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from nexus.resources import TENANTS
+from nexus.domain.resources import TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import LEASES

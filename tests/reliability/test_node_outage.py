@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.resources import AGENTS, TENANTS
+from nexus.domain.resources import AGENTS, TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 

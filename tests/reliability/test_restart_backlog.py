@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from nexus.resources import TENANTS
+from nexus.domain.resources import TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.workqueue import LOW_PRIORITY

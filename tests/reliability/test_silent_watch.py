@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
-from nexus.resources import TENANTS
+from nexus.domain.resources import TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.informer import Informer, InformerOptions

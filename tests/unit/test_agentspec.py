@@ -11,19 +11,11 @@ from typing import Any
 
 import pytest
 
-from nexus.api import agentspec
-from nexus.api.agentspec import (
-    MAX_DEPTH,
-    MAX_ERRORS,
-    MAX_SPEC_BYTES,
-    NAME_RE,
-    SpecError,
-    agent_name,
-    agent_version,
-    parse_body,
-    valid_name,
-    validate_agent,
-)
+from nexus.api import specbody
+from nexus.api.specbody import MAX_DEPTH, MAX_SPEC_BYTES, SpecError, parse_body
+from nexus.domain import agentspec
+from nexus.domain.agentspec import NAME_RE, agent_name, agent_version, valid_name, validate_agent
+from nexus.domain.messages import MAX_ERRORS
 
 YAML = "application/yaml"
 JSON = "application/json"
@@ -981,14 +973,14 @@ def test_parse_errors_are_bounded_and_encodable() -> None:
 def test_pure_python_loader_rejects_the_same_bodies(raw: bytes) -> None:
     fast = errors_of(raw)
     with pytest.raises(SpecError) as info:
-        agentspec._load_yaml(raw.decode(), agentspec._PyStrictLoader)
+        specbody._load_yaml(raw.decode(), specbody._PyStrictLoader)
     if not fast[0].startswith("invalid YAML"):  # wording of syntax errors differs
         assert info.value.errors == fast
 
 
 def test_pure_python_loader_parses_the_same_values() -> None:
     raw = EXAMPLE + b"  when: 2024-01-01\n  n: [1, 0x10, 1.5, yes, ~]\n"
-    assert agentspec._load_yaml(raw.decode(), agentspec._PyStrictLoader) == parse_body(raw, YAML)
+    assert specbody._load_yaml(raw.decode(), specbody._PyStrictLoader) == parse_body(raw, YAML)
 
 
 # --------------------------------------------------------------------------------------------

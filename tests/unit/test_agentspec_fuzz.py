@@ -17,14 +17,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus.api.agentspec import (
-    MAX_DEPTH,
+from nexus.api.specbody import MAX_DEPTH, SpecError, parse_body
+from nexus.domain.agentspec import (
     ORCHESTRATION_PATTERNS,
     PROVIDERS,
     ROUTING_STRATEGIES,
     TOOL_TYPES,
-    SpecError,
-    parse_body,
     validate_agent,
 )
 

@@ -1,4 +1,4 @@
-"""Passwords, access tokens, refresh tokens and API keys (security.md, "Tokens")."""
+"""Passwords, access tokens, refresh tokens and API keys."""
 
 from __future__ import annotations
 

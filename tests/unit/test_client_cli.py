@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from rich.console import Console
 
 from nexus import cli
-from nexus.client_cli import commands, render
+from nexus.client_cli import agents, progress, render, terminal
 from nexus.client_cli.config import Credentials, CredentialStore, default_config_dir
 
 Reply = tuple[int, Any] | tuple[int, Any, dict[str, str]]
@@ -105,7 +107,7 @@ def fake() -> Iterator[FakeNexus]:
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("NEXUS_SERVER", "NEXUS_API_KEY", "NEXUS_CONFIG_DIR"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(commands, "POLL_INTERVAL", 0.02)
+    monkeypatch.setattr(agents, "POLL_INTERVAL", 0.02)
 
 
 @dataclass
@@ -125,6 +127,23 @@ def nexus(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Callable[..., R
     return run
 
 
+@pytest.fixture
+def nexus_tty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Like ``nexus``, with stdout and stderr that are (fake) terminals."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+    def run(*argv: str) -> Result:
+        out, err = TtyIO(), TtyIO()
+        monkeypatch.setattr("sys.stdout", out)
+        monkeypatch.setattr("sys.stderr", err)
+        code = cli.main([*argv, "--config-dir", str(tmp_path / "cfg")])
+        return Result(code, out.getvalue(), err.getvalue())
+
+    return run
+
+
 def store(tmp_path: Path) -> CredentialStore:
     return CredentialStore(tmp_path / "cfg")
 
@@ -133,6 +152,32 @@ def logged_in(tmp_path: Path, server: str, *, tenant: str | None = "t_1") -> Cre
     creds = Credentials(server, "at_old", "rt_old", {"id": "usr_1", "email": "a@b.io"}, tenant)
     store(tmp_path).save(creds)
     return creds
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+class TtyIO(io.StringIO):
+    """A captured stream that says it is a terminal."""
+
+    encoding = "utf-8"
+
+    def isatty(self) -> bool:
+        return True
+
+
+def tty_console(buf: io.StringIO, width: int = 80) -> Console:
+    return Console(
+        file=buf,
+        force_terminal=True,
+        force_interactive=True,
+        color_system="standard",
+        width=width,
+    )
 
 
 def mode(path: Path) -> int:
@@ -661,25 +706,44 @@ def test_apply_wait_json_keeps_stdout_a_single_document(
     assert "is Running" in r.err
 
 
-def test_progress_on_a_terminal_is_one_updating_line() -> None:
-    class Tty(io.StringIO):
-        encoding = "utf-8"
+def test_progress_on_a_terminal_is_a_live_spinner_above_a_coloured_history() -> None:
+    buf = io.StringIO()
+    console = tty_console(buf)
+    now = [100.0]
+    with progress.Progress(console, "bot", clock=lambda: now[0]) as p:
+        assert p.live
+        p.update("Pending", False, "waiting for tenant")
+        p.update("Pending", False, "waiting for tenant")  # no change: nothing new
+        now[0] += 3
+        p.update("Deploying", False, "deploying")
+        now[0] += 2
+        p.update("Running", True, "deployed")
+    assert not p.live
+    raw = buf.getvalue()
+    assert "\x1b[33mPending\x1b[0m" in raw and "\x1b[32mRunning\x1b[0m" in raw  # coloured
+    text = strip_ansi(raw)
+    assert re.findall(r"\[\s*\d+s\] bot [^\r\n]*", text) == [
+        "[   0s] bot Pending: waiting for tenant",
+        "[   3s] bot Deploying: deploying",
+        "[   5s] bot Running (nodeAck): deployed",
+    ]
+    # the live line: spinner, phase and time waited, redrawn in place ...
+    assert re.search(r"[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] bot  Deploying  3s  deploying\r", text)
+    # ... with the cursor hidden meanwhile, and erased at the end (transient)
+    assert raw.startswith("\x1b[?25l")
+    tail = raw[raw.rindex("[   5s]") :]
+    assert "\x1b[?25h" in tail and tail.endswith("\x1b[2K")
 
-        def isatty(self) -> bool:
-            return True
 
-    stream = Tty()
-    progress = commands.Progress(stream, "bot")
-    progress.update("Pending", False, "")
-    progress.draw()
-    progress.update("Deploying", False, "deploying")
-    progress.clear()
-    text = stream.getvalue()
-    assert "\n" not in text
-    assert text.count("\r\x1b[K") == 4
-    assert "⠋ bot  Pending  0s" in text and "⠙ bot  Pending" in text
-    assert "bot  Deploying  0s  deploying" in text
-    assert text.endswith("\r\x1b[K")
+def test_progress_on_a_pipe_is_plain_lines_only() -> None:
+    buf = io.StringIO()
+    now = [0.0]
+    with progress.Progress(terminal.console_for(buf), "bot", clock=lambda: now[0]) as p:
+        assert not p.live
+        p.update("Pending", False, "")
+        now[0] = 130
+        p.update("Running", True, "deployed")
+    assert buf.getvalue() == "[   0s] bot Pending\n[2m10s] bot Running (nodeAck): deployed\n"
 
 
 # -- other agent commands ------------------------------------------------------------------------
@@ -753,31 +817,34 @@ def test_agents_status_logs_delete(
 
 def test_tables_are_aligned() -> None:
     now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
-    text = render.agents_table(
-        [
-            {
-                "name": "a",
-                "phase": "Running",
-                "nodeAck": True,
-                "lastSyncedAt": "2024-01-01T11:59:30Z",
-                "createdAt": "2023-12-30T09:00:00Z",
-            },
-            {
-                "name": "much-longer-name",
-                "phase": "Pending",
-                "nodeAck": False,
-                "lastSyncedAt": None,
-                "createdAt": "2024-01-01T11:55:00Z",
-            },
-        ],
-        now,
+    text = terminal.to_text(
+        render.agents_table(
+            [
+                {
+                    "name": "a",
+                    "phase": "Running",
+                    "nodeAck": True,
+                    "lastSyncedAt": "2024-01-01T11:59:30Z",
+                    "createdAt": "2023-12-30T09:00:00Z",
+                },
+                {
+                    "name": "much-longer-name",
+                    "phase": "Pending",
+                    "nodeAck": False,
+                    "lastSyncedAt": None,
+                    "createdAt": "2024-01-01T11:55:00Z",
+                },
+            ],
+            now,
+        )
     )
     assert text.splitlines() == [
         "NAME               PHASE     NODEACK   LAST SYNCED   AGE",
         "a                  Running   true      30s           2d3h",
         "much-longer-name   Pending   false     <none>        5m",
     ]
-    assert render.tenants_table([{"id": "t_1", "displayName": "X", "phase": "Pending"}]) == (
+    tenants = render.tenants_table([{"id": "t_1", "displayName": "X", "phase": "Pending"}])
+    assert terminal.to_text(tenants) == (
         "ID    NAME   PHASE     NAMESPACE   AGENTS\nt_1   X      Pending   <none>      0"
     )
 
@@ -799,3 +866,206 @@ def test_tables_are_aligned() -> None:
 )
 def test_human_duration(seconds: int, text: str) -> None:
     assert render.human_duration(seconds) == text
+
+
+# -- terminals and pipes -------------------------------------------------------------------------
+
+TENANTS = [
+    {
+        "id": "t_1",
+        "displayName": "Acme Corp",
+        "phase": "Ready",
+        "namespace": "tenant-t-1",
+        "agentCount": 2,
+        "nodeAvailable": True,
+    },
+    {
+        "id": "t_2",
+        "displayName": "Beta",
+        "phase": "Provisioning",
+        "namespace": "tenant-t-2",
+        "agentCount": 0,
+        "conditions": [{"type": "NodeAvailable", "status": "False", "reason": "NodeStarting"}],
+    },
+    {"id": "t_3", "displayName": "Old server", "phase": "Ready", "namespace": "tenant-t-3"},
+]
+AGENTS = [
+    {
+        "name": "bot",
+        "phase": "Running",
+        "nodeAck": True,
+        "lastSyncedAt": None,
+        "createdAt": "2024-01-01T00:00:00Z",
+    }
+]
+KEYS = [{"hash": "ff00", "label": "ci", "createdAt": "2024-01-01T00:00:00Z", "lastUsedAt": None}]
+STATUS = {
+    "name": "bot",
+    "phase": "Running",
+    "nodeAck": True,
+    "lastSyncedAt": None,
+    "node": {"name": "bot", "status": "deployed", "tools": ["a", "b"]},
+}
+LOGS = {"agent": "bot", "lines": [{"timestamp": "t1", "level": "error", "message": "[b]oom"}]}
+
+
+def _serve_everything(fake: FakeNexus, tmp_path: Path) -> Path:
+    logged_in(tmp_path, fake.url)
+    fake.on("GET", "/api/v1/tenants", lambda s: (200, TENANTS))
+    fake.on("GET", "/api/v1/agents", lambda s: (200, AGENTS))
+    fake.on("GET", "/api/v1/tenants/t_1/keys", lambda s: (200, KEYS))
+    fake.on("GET", "/api/v1/agents/bot/status", lambda s: (200, STATUS))
+    fake.on("GET", "/api/v1/agents/bot/logs", lambda s: (200, LOGS))
+    fake.on("POST", "/api/v1/agents", lambda s: (201, {"name": "bot", "phase": "Pending"}))
+    details = iter([agent_detail("Pending"), agent_detail("Deploying")])
+    last = agent_detail("Running", True, "deployed")
+    fake.on("GET", "/api/v1/agents/bot", lambda s: (200, next(details, last)))
+    path = tmp_path / "agent.yaml"
+    path.write_text(AGENT_YAML)
+    return path
+
+
+def test_output_on_a_pipe_has_no_escape_codes_even_when_colour_is_forced(
+    fake: FakeNexus,
+    nexus: Callable[..., Result],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = _serve_everything(fake, tmp_path)
+    # None of these may style a pipe or squeeze its columns.
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "20")
+    runs = {
+        argv: nexus(*argv)
+        for argv in [
+            ("agents", "apply", "-f", str(path), "--wait"),  # first: it reads the phases
+            ("tenants", "list"),
+            ("agents", "list"),
+            ("agents", "get", "bot"),
+            ("keys", "list"),
+            ("agents", "status", "bot"),
+            ("agents", "logs", "bot"),
+        ]
+    }
+    for argv, r in runs.items():
+        assert r.code == 0, (argv, r.err)
+        assert r.out, argv
+        for text in (r.out, r.err):
+            assert "\x1b" not in text and "\r" not in text, (argv, text)
+            assert all(line == line.rstrip() for line in text.splitlines()), (argv, text)
+    assert runs[("tenants", "list")].out.splitlines() == [
+        "ID    NAME         PHASE          NAMESPACE    AGENTS   NODE",
+        "t_1   Acme Corp    Ready          tenant-t-1   2        available",
+        "t_2   Beta         Provisioning   tenant-t-2   0        unavailable",
+        "t_3   Old server   Ready          tenant-t-3   0        <none>",
+    ]
+    assert runs[("agents", "logs", "bot")].out == "t1  ERROR    [b]oom\n"
+    assert 'Node tools:   [   "a",   "b" ]' in runs[("agents", "status", "bot")].out
+    apply = runs[("agents", "apply", "-f", str(path), "--wait")]
+    assert [ln.split("] ", 1)[1] for ln in apply.err.splitlines()] == [
+        "bot Pending",
+        "bot Deploying",
+        "bot Running (nodeAck): deployed",
+    ]
+
+
+def test_json_output_is_plain_json_even_on_a_terminal(
+    fake: FakeNexus, nexus_tty: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = _serve_everything(fake, tmp_path)
+    for argv, expected in [
+        (("tenants", "list"), TENANTS),
+        (("agents", "list"), AGENTS),
+        (("keys", "list"), KEYS),
+        (("agents", "status", "bot"), STATUS),
+        (("agents", "logs", "bot"), LOGS),
+        (("agents", "apply", "-f", str(path), "--wait"), {"name": "bot", "phase": "Pending"}),
+    ]:
+        r = nexus_tty(*argv, "-o", "json")
+        assert r.code == 0, (argv, r.err)
+        assert "\x1b" not in r.out, argv
+        assert json.loads(r.out) == expected, argv
+    # the wait's progress went to stderr, live: stdout stayed one document
+    assert "is Running (nodeAck)" in strip_ansi(r.err)
+    assert "\x1b[" in r.err
+
+
+def test_apply_wait_on_a_terminal_shows_each_phase_change(
+    fake: FakeNexus, nexus_tty: Callable[..., Result], tmp_path: Path
+) -> None:
+    r = _apply_wait(
+        fake,
+        nexus_tty,
+        tmp_path,
+        [
+            agent_detail("Pending", message="waiting for tenant"),
+            agent_detail("Pending", message="waiting for tenant"),
+            agent_detail("Deploying", message="deploying"),
+            agent_detail("Running", False, "deployed"),
+            agent_detail("Running", True, "deployed"),
+        ],
+    )
+    assert r.code == 0, r.err
+    history = re.findall(r"\[\s*\d+s\] (bot [^\r\n]*)", strip_ansi(r.err))
+    assert history == [
+        "bot Pending: waiting for tenant",
+        "bot Deploying: deploying",
+        "bot Running: deployed",
+        "bot Running (nodeAck): deployed",
+    ]
+    assert "\x1b[33mDeploying" in r.err  # coloured
+    assert "\x1b[?25l" in r.err and "\x1b[?25h" in r.err  # live: cursor hidden, then shown
+    assert r.out.splitlines()[0] == "agent bot created"
+    assert r.out.splitlines()[1].startswith("agent bot is Running (nodeAck) after ")
+
+
+def test_tables_on_a_terminal_are_drawn_by_rich() -> None:
+    buf = io.StringIO()
+    screen = terminal.Screen(buf, tty_console(buf, width=120))
+    assert screen.is_terminal
+    screen.show(render.tenants_table(TENANTS))
+    raw = buf.getvalue()
+    assert raw.startswith("\x1b[1mID")  # bold headers
+    assert "\x1b[32mReady" in raw and "\x1b[33mProvisioning" in raw
+    assert "\x1b[32mavailable" in raw and "\x1b[31munavailable" in raw
+    lines = [line.rstrip() for line in strip_ansi(raw).splitlines()]
+    assert lines == terminal.to_text(render.tenants_table(TENANTS)).splitlines()
+
+    # server data is never read as markup
+    buf = io.StringIO()
+    screen = terminal.Screen(buf, tty_console(buf))
+    screen.show(render.tenants_table([{"id": "t_1", "displayName": "[bold red]x[/]"}]))
+    assert "[bold red]x[/]" in strip_ansi(buf.getvalue())
+
+
+def test_a_narrow_terminal_folds_cells_instead_of_cutting_them() -> None:
+    digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    buf = io.StringIO()
+    terminal.Screen(buf, tty_console(buf, width=40)).show(
+        render.keys_table([{"hash": digest, "label": "ci", "createdAt": None}])
+    )
+    text = strip_ansi(buf.getvalue())
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 40
+    hash_column = "".join(line.split()[0] for line in text.splitlines()[1:] if line.strip())
+    assert hash_column.startswith(digest)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "shown"),
+    [
+        ({}, None),
+        ({"nodeAvailable": True}, "available"),
+        ({"nodeAvailable": False}, "unavailable"),
+        ({"node": {"available": True}}, "available"),
+        ({"conditions": [{"type": "Ready", "status": "True"}]}, None),
+        ({"conditions": [{"type": "NodeAvailable", "status": "True"}]}, "available"),
+        ({"conditions": [{"type": "NodeAvailable", "status": "Unknown"}]}, "unknown"),
+        ({"conditions": [{"type": "NodeAvailable"}]}, "unknown"),
+    ],
+)
+def test_node_availability_is_read_from_any_shape(
+    tenant: dict[str, Any], shown: str | None
+) -> None:
+    assert render.node_availability(tenant) == shown

@@ -68,9 +68,22 @@ def test_empty_names_are_refused(field: str) -> None:
         LeaderElectionConfig(kwargs["lease_name"], kwargs["lease_namespace"])
 
 
-def test_the_tightest_valid_timings_are_accepted() -> None:
+def test_the_inequalities_are_strict_and_exactly_as_documented() -> None:
     retry = 1.0
-    renew = JITTER_FACTOR * retry + 1e-9
-    LeaderElectionConfig(
-        "l", "ns", lease_duration=renew + 1e-9, renew_deadline=renew, retry_period=retry
+    renew = JITTER_FACTOR * retry
+    # On the boundary: refused (a leader could give up exactly as a standby takes over).
+    with pytest.raises(ValueError, match="renew_deadline"):
+        LeaderElectionConfig("l", "ns", lease_duration=2, renew_deadline=renew, retry_period=retry)
+    with pytest.raises(ValueError, match="lease_duration"):
+        LeaderElectionConfig("l", "ns", lease_duration=1.5, renew_deadline=1.5, retry_period=1)
+    # Just inside both: accepted, and kept exactly as given.
+    tight_renew = renew + 1e-9
+    cfg = LeaderElectionConfig(
+        "l", "ns", lease_duration=tight_renew + 1e-9, renew_deadline=tight_renew, retry_period=retry
     )
+    assert (cfg.lease_duration, cfg.renew_deadline, cfg.retry_period) == (
+        tight_renew + 1e-9,
+        tight_renew,
+        retry,
+    )
+    assert cfg.lease_duration > cfg.renew_deadline > JITTER_FACTOR * cfg.retry_period

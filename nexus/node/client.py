@@ -1,7 +1,8 @@
-"""HTTP client for a tenant's astromesh-node, and how the node is reached.
+"""HTTP client for the astromesh-node API of any tenant.
 
 The node answers ``{"detail": ...}`` on errors; callers get :class:`NodeError` with the status
-and that message. Every call is time-boxed: a node that hangs must not hold a reconcile worker.
+and that message. Every call is time-boxed: a node that hangs must not hold a reconcile worker
+or an API request.
 """
 
 from __future__ import annotations
@@ -12,76 +13,26 @@ from typing import Any
 
 import aiohttp
 
-from nexus.resources import NODE_NAME, NODE_PORT, in_cluster_endpoint
-from nexus.runtime.client import Client
+from nexus.node.endpoints import NodeEndpoints
+from nexus.node.errors import NodeError
 
-#: ``--node-endpoint`` values with a meaning of their own; anything else is a URL or a
-#: template with ``{namespace}``.
-DNS_MODE = "dns"
-PROXY_MODE = "proxy"
-
-
-class NodeError(Exception):
-    """The node answered with an error status, or could not be reached (status 0)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        self.message = message
-        super().__init__(f"node {status or 'unreachable'}: {message}")
-
-    @property
-    def unreachable(self) -> bool:
-        return self.status == 0
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def permanent(self) -> bool:
-        """A rejected spec: retrying the same spec cannot succeed."""
-        return self.status in (400, 409, 422)
-
-
-class NodeEndpoints:
-    """Resolves the base URL of a tenant's node from its namespace.
-
-    * ``dns`` (default): ``http://astromesh-node.<ns>.svc:8000``, for a manager in the cluster;
-    * ``proxy``: the API server's service proxy, for a manager run outside the cluster;
-    * a URL or a template with ``{namespace}``: local development and tests (no kubelet).
-    """
-
-    def __init__(self, setting: str = DNS_MODE, kube: Client | None = None) -> None:
-        self.setting = setting.strip() or DNS_MODE
-        if self.setting == PROXY_MODE and kube is None:
-            raise ValueError("the proxy node endpoint needs a Kubernetes client")
-        self.kube = kube
-
-    @property
-    def via_proxy(self) -> bool:
-        return self.setting == PROXY_MODE
-
-    def base_url(self, namespace: str) -> str:
-        if self.setting == DNS_MODE:
-            return in_cluster_endpoint(namespace)
-        if self.setting == PROXY_MODE:
-            assert self.kube is not None
-            return (
-                f"{self.kube.host}/api/v1/namespaces/{namespace}/services/"
-                f"{NODE_NAME}:{NODE_PORT}/proxy"
-            )
-        return self.setting.replace("{namespace}", namespace).rstrip("/")
+#: Time to open a TCP connection to a node (s): a node that is down (or a Service with no
+#: ready endpoint) fails this fast instead of using up the whole call's time limit.
+NODE_CONNECT_TIMEOUT = 3.0
 
 
 class NodeClient:
-    """Calls the node API of any tenant; one aiohttp session for all of them."""
+    """Calls the node API of any tenant; one aiohttp session for all of them.
+
+    ``timeout`` bounds each call as a whole (connect, send, wait, read).
+    """
 
     def __init__(
         self,
         endpoints: NodeEndpoints,
         *,
-        timeout: float = 10.0,
-        connect_timeout: float = 3.0,
+        timeout: float,
+        connect_timeout: float = NODE_CONNECT_TIMEOUT,
     ) -> None:
         self.endpoints = endpoints
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)

@@ -1,7 +1,4 @@
-"""The ``nexus.astromesh.io/v1alpha1`` API: resources, labels, finalizers and phases.
-
-Shared by the controllers and the REST API (neither imports the other).
-"""
+"""The ``nexus.astromesh.io/v1alpha1`` API: resources, labels, finalizers and phases."""
 
 from __future__ import annotations
 
@@ -19,15 +16,14 @@ AGENTS = Resource(GROUP, VERSION, "nexusagents", "NexusAgent")
 TENANT_FINALIZER = f"{GROUP}/tenant-cleanup"
 AGENT_FINALIZER = f"{GROUP}/agent-cleanup"
 
-#: On every namespace Nexus creates (the seed's label).
+#: On every namespace Nexus creates.
 MANAGED_LABEL = f"{GROUP}/managed"
 #: On every child object: the owning tenant's name and namespace (owner references cannot
 #: cross namespaces, and a namespace cannot be owned by a namespaced object).
 TENANT_LABEL = f"{GROUP}/tenant"
 TENANT_NAMESPACE_LABEL = f"{GROUP}/tenant-namespace"
-
-NODE_NAME = "astromesh-node"
-NODE_PORT = 8000
+#: On every NexusTenant: the id of its tenant in the REST API's store.
+TENANT_ID_LABEL = f"{GROUP}/tenant-id"
 
 
 class TenantPhase(StrEnum):
@@ -43,7 +39,3 @@ class AgentPhase(StrEnum):
     RUNNING = "Running"
     FAILED = "Failed"
     STOPPED = "Stopped"
-
-
-def in_cluster_endpoint(namespace: str) -> str:
-    return f"http://{NODE_NAME}.{namespace}.svc:{NODE_PORT}"
