@@ -61,7 +61,7 @@ class NodeProcess:
         argv: Sequence[str],
         *,
         env: Mapping[str, str],
-        cwd: Path,
+        cwd: Path | None,
         log_path: Path,
     ) -> None:
         self.argv = list(argv)
