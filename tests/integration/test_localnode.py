@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,8 +29,9 @@ from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import DEPLOYMENTS, EVENTS, LEASES, NAMESPACES, PODS
 
+from ..conftest import ROOT
 from ..support.faults import eventually
-from ..support.localnode import local_node
+from ..support.localnode import local_node, random_range
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -416,3 +418,43 @@ async def test_agent_restart_resumes_its_pods(
         await kube.delete(NAMESPACES, namespace)
         await eventually(lambda: _gone(kube, namespace), timeout=90)
         assert not resumed.workdir.exists()
+
+
+async def test_command_line_agent_serves_until_sigterm(
+    envtest: Environment, kube: Client, namespace: str, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    node_name = f"cli-{run}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nexus.localnode", "--kubeconfig", str(envtest.kubeconfig_path),
+        "--node-name", node_name, "--address-range", random_range(), "--root", str(tmp_path),
+        "--selector", selector(run), "--max-pods", "2", "--restart-backoff", "0.5",
+        "--log-format", "console",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+
+        async def node_ready() -> bool:
+            node = await kube.get_or_none(NODES, node_name)
+            conds = ((node or {}).get("status") or {}).get("conditions") or ()
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+        await eventually(node_ready, timeout=60)
+        await kube.create(DEPLOYMENTS, node_deployment(namespace, run=run), namespace)
+        pod = await eventually(lambda: one_pod(kube, namespace, ready=True), timeout=90)
+        assert pod["spec"]["nodeName"] == node_name
+        container_id = pod["status"]["containerStatuses"][0]["containerID"]
+        pid = int(container_id.rpartition("-")[2])
+        assert alive(pid)
+        assert await health(f"http://{pod['status']['podIP']}:8000") == 200
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    assert not alive(pid)
+    node = await kube.get(NODES, node_name)
+    assert [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"] == [
+        "Unknown"
+    ]
