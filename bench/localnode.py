@@ -109,6 +109,7 @@ async def one_tenant(kube: Client, ns: str, period: int | None) -> tuple[float, 
 async def main(tenants: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-localnode-") as tmp:
         took, rss = await raw_start(Path(tmp) / "raw")
+        headline = {"node_start_s": f"{took:.2f}", "node_rss_mb": f"{rss / 2**20:.0f}"}
         rows = [
             ("node process: spawn -> /v1/health 200", f"{took:.2f} s"),
             ("node process: RSS when serving", f"{rss / 2**20:.0f} MiB"),
@@ -127,6 +128,8 @@ async def main(tenants: int) -> None:
                     ]
                     pods = [r[0] for r in results]
                     avail = [r[1] for r in results]
+                    key = "ready_template_s" if period is None else "ready_1s_probe_s"
+                    headline[key] = f"{statistics.median(pods):.2f}"
                     rows.append(
                         (
                             f"create -> pod Ready, {label}",
@@ -149,6 +152,7 @@ async def main(tenants: int) -> None:
                 )
             await kube.close()
         print(table(rows))
+        print(" ".join(f"{k}={v}" for k, v in headline.items()))
 
 
 if __name__ == "__main__":

@@ -161,7 +161,15 @@ class NodeRegistration:
                 if loop.time() >= next_status:
                     await self._client.patch_status(NODES, self.name, self._status())
                     next_status = loop.time() + self.config.node_status_interval
-            except (ApiError, ConnectionError, OSError) as exc:
+            except ApiError as exc:
+                if exc.not_found:
+                    # Someone deleted the Node: register again, as a kubelet does.
+                    self._log.warning("localnode.node.reregister")
+                    with contextlib.suppress(ApiError, ConnectionError, OSError):
+                        await self.register()
+                else:
+                    self._log.warning("localnode.node.heartbeat_failed", error=str(exc))
+            except (ConnectionError, OSError) as exc:
                 self._log.warning("localnode.node.heartbeat_failed", error=str(exc))
 
     async def _renew_lease(self) -> None:

@@ -219,8 +219,8 @@ class PodWorker:
         try:
             if self._proc is not None:
                 await self._proc.stop(self._grace)
-                if self._proc.returncode is not None and "running" in self.container.state:
-                    self._terminated(self._proc, "NodeShutdown" if reason == "shutdown" else "")
+                if reason is StopReason.SHUTDOWN and "running" in self.container.state:
+                    self._terminated(self._proc, "NodeShutdown")
             self.container.ready = False
             self.container.started = False
             self._changed()
