@@ -26,7 +26,6 @@ from kubernetes_asyncio import client as k8s_client
 from nexus import app
 from nexus.api import auth
 from nexus.api.store import Store, Tenant
-from nexus.localnode.process import CONFIG_DIR_ENV, NodeProcess, astromesh_command
 from nexus.resources import TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, find_assets
@@ -62,7 +61,7 @@ class DevNode:
     def __init__(self, port: int, config_dir: Path) -> None:
         self.port = port
         self.config_dir = config_dir
-        self.proc: NodeProcess | None = None
+        self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -71,13 +70,14 @@ class DevNode:
     async def start(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.config_dir.parent / "node.log"
-        self.proc = NodeProcess(
-            astromesh_command("127.0.0.1", self.port),
-            env={**os.environ, CONFIG_DIR_ENV: str(self.config_dir)},
-            cwd=None,
-            log_path=log_path,
-        )
-        await self.proc.start()
+        with log_path.open("ab") as logf:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "uvicorn", "astromesh.api.main:app",
+                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+                stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                env={**os.environ, "ASTROMESH_CONFIG_DIR": str(self.config_dir)},
+                start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + 90
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:
@@ -91,8 +91,15 @@ class DevNode:
         raise RuntimeError(f"the astromesh node did not become healthy; see {log_path}")
 
     async def stop(self) -> None:
-        if self.proc is not None:
-            await self.proc.stop(10)
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await self.proc.wait()
 
 
 async def seed(store: Store, data: Path) -> tuple[Tenant, str]:
