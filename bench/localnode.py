@@ -87,9 +87,10 @@ async def one_tenant(kube: Client, ns: str, period: int | None) -> tuple[float, 
     await kube.create(NAMESPACES, {"metadata": {"name": ns}})
     dep = desired.node_deployment({"metadata": {"name": ns, "namespace": "x"}, "spec": {}}, "x")
     if period is not None:
+        # Readiness only: a liveness probe this quick kills a node that starts slowly under
+        # load (it has no startup probe to wait for), which is not what is measured here.
         c = dep["spec"]["template"]["spec"]["containers"][0]
-        for kind in ("readinessProbe", "livenessProbe"):
-            c[kind] = {**c[kind], "periodSeconds": period}
+        c["readinessProbe"] = {**c["readinessProbe"], "periodSeconds": period}
     t0 = time.perf_counter()
     await kube.create(DEPLOYMENTS, dep, ns)
     pod_ready = available = 0.0
@@ -121,7 +122,7 @@ async def main(tenants: int) -> None:
                 address_range="127.0.200.0/24", root=Path(tmp) / "agent", max_pods=4 * tenants
             )
             async with LocalNodeAgent(kube, config) as agent:
-                for label, period in (("template probes (10 s)", None), ("probes every 1 s", 1)):
+                for label, period in (("template probes (10 s)", None), ("readiness every 1 s", 1)):
                     results = [
                         await one_tenant(kube, f"bench-{period or 10}-{i}", period)
                         for i in range(tenants)
