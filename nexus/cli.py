@@ -8,6 +8,7 @@ import asyncio
 import sys
 
 from nexus import client_cli
+from nexus.localnode import cli as localnode_cli
 from nexus.settings import ManagerSettings
 
 
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     mgr = sub.add_parser("manager", help="run the controllers and the REST API")
     ManagerSettings.add_arguments(mgr)
+    localnode_cli.register(sub)
     client_cli.register(sub)
     return parser
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 130
         return 0
+    if args.command == "localnode":
+        return localnode_cli.run(args)
     return client_cli.run(args)
 
 
