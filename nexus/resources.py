@@ -26,6 +26,10 @@ MANAGED_LABEL = f"{GROUP}/managed"
 TENANT_LABEL = f"{GROUP}/tenant"
 TENANT_NAMESPACE_LABEL = f"{GROUP}/tenant-namespace"
 
+#: On the manager's namespace and pods (config/manager): tenant nodes admit traffic only from
+#: pods with this label in namespaces with this label (1.20 has no namespace-name label).
+MANAGER_LABEL = f"{GROUP}/manager"
+
 NODE_NAME = "astromesh-node"
 NODE_PORT = 8000
 

@@ -5,22 +5,23 @@ The seed's loop: finalizer; phase Provisioning; namespace (labelled managed); no
 phase Ready with namespace and node endpoint; requeue 60 s; errors -> Error, requeue 30 s;
 on deletion the namespace goes first, then the finalizer. Beyond it: children are watched
 (drift is repaired in seconds), a converged tenant costs no API write, conditions and events
-tell what happened, and system namespaces are refused.
+tell what happened, and system namespaces are refused. The namespace is also fenced (network
+policies, quota, container defaults, a token-less ServiceAccount: see ``fence``) and the node
+pod runs under the restricted profile (see ``restricted``).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from nexus.controllers import desired
+from nexus.controllers import desired, fence
 from nexus.controllers.status import phase_status, status_unchanged
 from nexus.resources import (
     AGENTS,
-    NODE_NAME,
     TENANT_FINALIZER,
     TENANT_LABEL,
     TENANT_NAMESPACE_LABEL,
@@ -47,6 +48,9 @@ class TenantSettings:
     error_retry: float = 30.0
     #: How often to look again while the tenant namespace is being deleted.
     deletion_poll: float = 2.0
+    #: Non-root UID (and GID) of the node's pods.
+    node_run_as_user: int = 65532
+    fence: fence.FenceSettings = field(default_factory=fence.FenceSettings)
 
 
 class ReservedNameError(Exception):
@@ -101,9 +105,6 @@ class NexusTenantReconciler:
         name = meta["name"]
         if not has_finalizer(tenant, TENANT_FINALIZER):
             tenant = await add_finalizer(self.client, TENANTS, tenant, TENANT_FINALIZER)
-        want_ns = desired.namespace(tenant)
-        want_deploy = desired.node_deployment(tenant, self.settings.node_image)
-        want_svc = desired.node_service(tenant)
         live_ns = self.cache.get(NAMESPACES, name)
         if live_ns is not None and is_being_deleted(live_ns):
             await self._set_status(
@@ -113,17 +114,22 @@ class NexusTenantReconciler:
                 f"waiting for the old namespace {name} to finish terminating",
             )
             return Result(requeue_after=self.settings.deletion_poll)
-        live_deploy = self.cache.get(DEPLOYMENTS, NODE_NAME, name)
-        live_svc = self.cache.get(SERVICES, NODE_NAME, name)
-        changes = [
-            (res, want, live)
-            for res, want, live in (
-                (NAMESPACES, want_ns, live_ns),
-                (DEPLOYMENTS, want_deploy, live_deploy),
-                (SERVICES, want_svc, live_svc),
-            )
-            if live is None or not desired.is_subset(_owned(want), live)
+        children: list[tuple[Resource, Object]] = [
+            (NAMESPACES, desired.namespace(tenant)),
+            *fence.children(tenant, self.settings.fence),
+            (
+                DEPLOYMENTS,
+                desired.node_deployment(
+                    tenant, self.settings.node_image, run_as_user=self.settings.node_run_as_user
+                ),
+            ),
+            (SERVICES, desired.node_service(tenant)),
         ]
+        changes = []
+        for res, want in children:
+            live = self.cache.get(res, want["metadata"]["name"], want["metadata"].get("namespace"))
+            if live is None or not desired.is_subset(_owned(want), live):
+                changes.append((res, want, live))
         phase = (tenant.get("status") or {}).get("phase")
         if changes and phase != TenantPhase.READY:
             tenant = await self._set_status(
@@ -181,7 +187,8 @@ class NexusTenantReconciler:
                     ) from None
         # A merge patch of the fields we own: lists are replaced, maps merged, and fields the
         # server defaulted are kept.
-        await self.client.patch(res, meta["name"], _owned(want), meta.get("namespace"))
+        body = desired.merge_patch(_owned(want), live)
+        await self.client.patch(res, meta["name"], body, meta.get("namespace"))
 
     # -- status -------------------------------------------------------------------------------
 
