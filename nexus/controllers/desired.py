@@ -129,6 +129,8 @@ def is_subset(desired: Any, live: Any, *, path: str = "") -> bool:
             return all(_same_quantity(v, live.get(k)) for k, v in desired.items())
         return all(is_subset(v, live.get(k), path=f"{path}.{k}") for k, v in desired.items())
     if isinstance(desired, list):
+        if not desired and live is None:
+            return True  # the server omits empty lists; sending [] still clears a live one
         return (
             isinstance(live, list)
             and len(desired) == len(live)

@@ -111,10 +111,10 @@ def network_policies(tenant: Object, settings: FenceSettings) -> list[Object]:
         egress.append({"to": blocks})
     return [
         {
-            # No rule at all: every pod of the namespace refuses all ingress but what the
-            # policies below admit.
+            # No rule at all (an empty list, so that a rule added by hand is removed): every
+            # pod of the namespace refuses all ingress but what the policies below admit.
             "metadata": _meta(tenant, DENY_INGRESS),
-            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": []},
         },
         {
             "metadata": _meta(tenant, NODE_INGRESS),

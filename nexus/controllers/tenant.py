@@ -12,6 +12,7 @@ pod runs under the restricted profile (see ``restricted``).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,24 +115,19 @@ class NexusTenantReconciler:
                 f"waiting for the old namespace {name} to finish terminating",
             )
             return Result(requeue_after=self.settings.deletion_poll)
-        children: list[tuple[Resource, Object]] = [
-            (NAMESPACES, desired.namespace(tenant)),
-            *fence.children(tenant, self.settings.fence),
-            (
-                DEPLOYMENTS,
-                desired.node_deployment(
-                    tenant, self.settings.node_image, run_as_user=self.settings.node_run_as_user
-                ),
-            ),
-            (SERVICES, desired.node_service(tenant)),
+        node = desired.node_deployment(
+            tenant, self.settings.node_image, run_as_user=self.settings.node_run_as_user
+        )
+        # Each stage needs the one before (the namespace; the fence before the node, whose
+        # pods must never run unfenced); the objects of a stage are written concurrently.
+        stages: list[list[tuple[Resource, Object]]] = [
+            [(NAMESPACES, desired.namespace(tenant))],
+            fence.children(tenant, self.settings.fence),
+            [(DEPLOYMENTS, node), (SERVICES, desired.node_service(tenant))],
         ]
-        changes = []
-        for res, want in children:
-            live = self.cache.get(res, want["metadata"]["name"], want["metadata"].get("namespace"))
-            if live is None or not desired.is_subset(_owned(want), live):
-                changes.append((res, want, live))
+        changes = [self._changes(stage) for stage in stages]
         phase = (tenant.get("status") or {}).get("phase")
-        if changes and phase != TenantPhase.READY:
+        if any(changes) and phase != TenantPhase.READY:
             tenant = await self._set_status(
                 tenant,
                 TenantPhase.PROVISIONING,
@@ -139,13 +135,8 @@ class NexusTenantReconciler:
                 "creating the tenant namespace and its astromesh-node",
             )
             self.events.normal(tenant, "Provisioning", f"provisioning namespace {name}")
-        for res, want, live in changes:
-            await self._apply(res, want, live, tenant)
-            if live is not None:
-                log.info("tenant.drift_repaired", tenant=name, kind=res.kind)
-                self.events.normal(
-                    tenant, "Repaired", f"{res.kind} {want['metadata']['name']} restored"
-                )
+        for stage_changes in changes:
+            await self._apply_stage(stage_changes, tenant)
         await self._set_status(
             tenant,
             TenantPhase.READY,
@@ -157,6 +148,35 @@ class NexusTenantReconciler:
         if phase != TenantPhase.READY:
             self.events.normal(tenant, "Ready", f"tenant namespace {name} is ready")
         return Result(requeue_after=self.settings.resync_period)
+
+    def _changes(
+        self, stage: list[tuple[Resource, Object]]
+    ) -> list[tuple[Resource, Object, Object | None]]:
+        """The objects of ``stage`` that are missing or differ, each with its live version."""
+        out = []
+        for res, want in stage:
+            meta = want["metadata"]
+            live = self.cache.get(res, meta["name"], meta.get("namespace"))
+            if live is None or not desired.is_subset(_owned(want), live):
+                out.append((res, want, live))
+        return out
+
+    async def _apply_stage(
+        self, changes: list[tuple[Resource, Object, Object | None]], tenant: Object
+    ) -> None:
+        results = await asyncio.gather(
+            *(self._apply(res, want, live, tenant) for res, want, live in changes),
+            return_exceptions=True,
+        )
+        for (res, want, live), result in zip(changes, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            if live is not None:
+                name = tenant["metadata"]["name"]
+                log.info("tenant.drift_repaired", tenant=name, kind=res.kind)
+                self.events.normal(
+                    tenant, "Repaired", f"{res.kind} {want['metadata']['name']} restored"
+                )
 
     def _ours(self, ns: Object, tenant: Object) -> bool:
         labels = ns["metadata"].get("labels") or {}
