@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -82,9 +83,8 @@ class ManagerSettings(BaseSettings):
     @classmethod
     def _cidrs(cls, value: str) -> str:
         # Checked at startup: a typo must stop the manager, not every tenant's reconcile.
-        from nexus.controllers.fence import parse_cidrs
-
-        return ",".join(parse_cidrs(value))
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        return ",".join(str(ipaddress.ip_network(item, strict=False)) for item in items)
 
     @model_validator(mode="after")
     def _lease_timings(self) -> ManagerSettings:
