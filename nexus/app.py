@@ -20,6 +20,7 @@ from nexus.api.context import ApiContext, ApiSettings
 from nexus.api.server import ApiServer
 from nexus.api.store import SqliteStore
 from nexus.controllers.agent import AgentSettings
+from nexus.controllers.fence import FenceSettings, parse_cidrs
 from nexus.controllers.setup import Controllers, ControllerSettings, setup_controllers
 from nexus.controllers.tenant import TenantSettings
 from nexus.domain.tenant import ResourceQuota
@@ -73,6 +74,8 @@ def controller_settings(s: ManagerSettings) -> ControllerSettings:
             node_image=s.node_image,
             resync_period=s.resync_period,
             error_retry=s.error_requeue,
+            node_run_as_user=s.node_run_as_user,
+            fence=fence_settings(s),
         ),
         agent=AgentSettings(
             system_namespace=s.namespace,
@@ -84,6 +87,16 @@ def controller_settings(s: ManagerSettings) -> ControllerSettings:
         ),
         tenant_concurrency=s.tenant_concurrency,
         agent_concurrency=s.agent_concurrency,
+    )
+
+
+def fence_settings(s: ManagerSettings) -> FenceSettings:
+    return FenceSettings(
+        pod_cidrs=parse_cidrs(s.cluster_pod_cidr),
+        service_cidrs=parse_cidrs(s.cluster_service_cidr),
+        egress_deny_cidrs=parse_cidrs(s.egress_deny_cidrs),
+        egress_allow_cidrs=parse_cidrs(s.egress_allow_cidrs),
+        node_ingress_cidrs=parse_cidrs(s.node_ingress_cidrs),
     )
 
 

@@ -7,9 +7,10 @@ settings of each part, which have no defaults of their own.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,8 +57,41 @@ class ManagerSettings(BaseSettings):
     default_max_agents: int = Field(10, ge=0, description="maxAgents of tenants created by the API")
     default_cpu: str = Field("4", description="CPU limit of nodes of tenants created by the API")
     default_memory: str = Field("8Gi", description="Memory limit of nodes of API-created tenants")
+    # The fence around tenant namespaces (NetworkPolicies, node pods); CIDR lists are
+    # comma-separated.
+    cluster_pod_cidr: str = Field(
+        "10.244.0.0/16", description="Pod ranges of the cluster, denied to tenant egress"
+    )
+    cluster_service_cidr: str = Field(
+        "10.96.0.0/12", description="Service ranges of the cluster, denied to tenant egress"
+    )
+    egress_deny_cidrs: str = Field(
+        "169.254.169.254/32", description="More ranges denied to tenant egress (cloud metadata)"
+    )
+    egress_allow_cidrs: str = Field(
+        "0.0.0.0/0", description="What tenant egress may reach, minus the denied ranges"
+    )
+    node_ingress_cidrs: str = Field(
+        "", description="Sources admitted to tenant nodes besides the manager's pods"
+    )
+    node_run_as_user: int = Field(
+        65532, ge=1, description="Non-root UID and GID of the tenant nodes' pods"
+    )
     log_format: Literal["json", "console"] = Field("json", description="Log format")
     log_level: str = Field("info", description="Log level")
+
+    @field_validator(
+        "cluster_pod_cidr",
+        "cluster_service_cidr",
+        "egress_deny_cidrs",
+        "egress_allow_cidrs",
+        "node_ingress_cidrs",
+    )
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        # Checked at startup: a typo must stop the manager, not every tenant's reconcile.
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        return ",".join(str(ipaddress.ip_network(item, strict=False)) for item in items)
 
     @model_validator(mode="after")
     def _lease_timings(self) -> ManagerSettings:

@@ -18,7 +18,15 @@ from nexus.controllers.watches import (
 from nexus.domain.resources import AGENTS, TENANT_LABEL, TENANT_NAMESPACE_LABEL, TENANTS
 from nexus.runtime import Builder, ControllerOptions, Manager, enqueue_from_labels
 from nexus.runtime.predicates import DeletionOrFinalizersChanged, Funcs, GenerationChanged, Or
-from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, SERVICES
+from nexus.runtime.resource import (
+    DEPLOYMENTS,
+    LIMIT_RANGES,
+    NAMESPACES,
+    NETWORK_POLICIES,
+    RESOURCE_QUOTAS,
+    SERVICE_ACCOUNTS,
+    SERVICES,
+)
 
 #: Names of the controllers (metrics, logs) and of their event reporters.
 TENANT_CONTROLLER = "nexustenant"
@@ -59,6 +67,11 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
         .watches(NAMESPACES, children, label_selector=selector)
         .watches(DEPLOYMENTS, children, label_selector=selector)
         .watches(SERVICES, children, label_selector=selector)
+        # The namespace's fence (see fence.py).
+        .watches(SERVICE_ACCOUNTS, children, label_selector=selector)
+        .watches(NETWORK_POLICIES, children, label_selector=selector)
+        .watches(RESOURCE_QUOTAS, children, label_selector=selector)
+        .watches(LIMIT_RANGES, children, label_selector=selector)
         # agentCount follows agents coming and going.
         .watches(
             AGENTS,

@@ -9,16 +9,20 @@ namespace goes first, then the finalizer.
 
 The children are watched, so drift is repaired in seconds; a converged tenant costs no API
 write; conditions and events tell what happened; system namespaces are refused.
+The namespace is also fenced (network policies, quota, container defaults, a token-less
+ServiceAccount: see ``fence``) and the node pod runs under the restricted profile (see
+``restricted``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
 import structlog
 
-from nexus.controllers import desired
+from nexus.controllers import desired, fence
 from nexus.controllers.ports import CacheReader, EventSink, SystemClock, WallClock, Writer
 from nexus.controllers.status import phase_status, status_unchanged
 from nexus.domain.agent import live_agents
@@ -31,7 +35,7 @@ from nexus.domain.resources import (
     TenantPhase,
 )
 from nexus.domain.tenant import TenantStatus
-from nexus.node import NODE_NAME, in_cluster_endpoint
+from nexus.node import in_cluster_endpoint
 from nexus.runtime import (
     ApiError,
     Request,
@@ -66,6 +70,9 @@ class TenantSettings:
     resync_period: float
     #: Retry of a tenant in Error (s).
     error_retry: float
+    #: Non-root UID (and GID) of the node's pods.
+    node_run_as_user: int
+    fence: fence.FenceSettings
 
 
 class ReservedNameError(Exception):
@@ -132,9 +139,6 @@ class NexusTenantReconciler:
         name = meta["name"]
         if not has_finalizer(tenant, TENANT_FINALIZER):
             tenant = await add_finalizer(self.client, TENANTS, tenant, TENANT_FINALIZER)
-        want_ns = desired.namespace(tenant)
-        want_deploy = desired.node_deployment(tenant, self.settings.node_image)
-        want_svc = desired.node_service(tenant)
         live_ns = self.cache.get(NAMESPACES, name)
         if live_ns is not None and is_being_deleted(live_ns):
             await self._set_status(
@@ -144,19 +148,19 @@ class NexusTenantReconciler:
                 f"waiting for the old namespace {name} to finish terminating",
             )
             return Result(requeue_after=NAMESPACE_DELETION_POLL)
-        live_deploy = self.cache.get(DEPLOYMENTS, NODE_NAME, name)
-        live_svc = self.cache.get(SERVICES, NODE_NAME, name)
-        changes = [
-            (res, want, live)
-            for res, want, live in (
-                (NAMESPACES, want_ns, live_ns),
-                (DEPLOYMENTS, want_deploy, live_deploy),
-                (SERVICES, want_svc, live_svc),
-            )
-            if live is None or not desired.is_subset(_owned(want), live)
+        node = desired.node_deployment(
+            tenant, self.settings.node_image, run_as_user=self.settings.node_run_as_user
+        )
+        # Each stage needs the one before (the namespace; the fence before the node, whose
+        # pods must never run unfenced); the objects of a stage are written concurrently.
+        stages: list[list[tuple[Resource, Object]]] = [
+            [(NAMESPACES, desired.namespace(tenant))],
+            fence.children(tenant, self.settings.fence),
+            [(DEPLOYMENTS, node), (SERVICES, desired.node_service(tenant))],
         ]
+        changes = [self._changes(stage) for stage in stages]
         phase = TenantStatus.of(tenant).phase
-        if changes and phase != TenantPhase.READY:
+        if any(changes) and phase != TenantPhase.READY:
             tenant = await self._set_status(
                 tenant,
                 TenantPhase.PROVISIONING,
@@ -164,13 +168,8 @@ class NexusTenantReconciler:
                 "creating the tenant namespace and its astromesh-node",
             )
             self.events.normal(tenant, "Provisioning", f"provisioning namespace {name}")
-        for res, want, live in changes:
-            await self._apply(res, want, live, tenant)
-            if live is not None:
-                log.info("tenant.drift_repaired", tenant=name, kind=res.kind)
-                self.events.normal(
-                    tenant, "Repaired", f"{res.kind} {want['metadata']['name']} restored"
-                )
+        for stage_changes in changes:
+            await self._apply_stage(stage_changes, tenant)
         await self._set_status(
             tenant,
             TenantPhase.READY,
@@ -182,6 +181,35 @@ class NexusTenantReconciler:
         if phase != TenantPhase.READY:
             self.events.normal(tenant, "Ready", f"tenant namespace {name} is ready")
         return Result(requeue_after=self.settings.resync_period)
+
+    def _changes(
+        self, stage: list[tuple[Resource, Object]]
+    ) -> list[tuple[Resource, Object, Object | None]]:
+        """The objects of ``stage`` that are missing or differ, each with its live version."""
+        out = []
+        for res, want in stage:
+            meta = want["metadata"]
+            live = self.cache.get(res, meta["name"], meta.get("namespace"))
+            if live is None or not desired.is_subset(_owned(want), live):
+                out.append((res, want, live))
+        return out
+
+    async def _apply_stage(
+        self, changes: list[tuple[Resource, Object, Object | None]], tenant: Object
+    ) -> None:
+        results = await asyncio.gather(
+            *(self._apply(res, want, live, tenant) for res, want, live in changes),
+            return_exceptions=True,
+        )
+        for (res, want, live), result in zip(changes, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            if live is not None:
+                name = tenant["metadata"]["name"]
+                log.info("tenant.drift_repaired", tenant=name, kind=res.kind)
+                self.events.normal(
+                    tenant, "Repaired", f"{res.kind} {want['metadata']['name']} restored"
+                )
 
     def _ours(self, ns: Object, tenant: Object) -> bool:
         labels = ns["metadata"].get("labels") or {}
@@ -212,7 +240,8 @@ class NexusTenantReconciler:
                     ) from None
         # A merge patch of the fields we own: lists are replaced, maps merged, and fields the
         # server defaulted are kept.
-        await self.client.patch(res, meta["name"], _owned(want), meta.get("namespace"))
+        body = desired.merge_patch(_owned(want), live)
+        await self.client.patch(res, meta["name"], body, meta.get("namespace"))
 
     # -- status -------------------------------------------------------------------------------
 

@@ -25,6 +25,10 @@ TENANT_NAMESPACE_LABEL = f"{GROUP}/tenant-namespace"
 #: On every NexusTenant: the id of its tenant in the REST API's store.
 TENANT_ID_LABEL = f"{GROUP}/tenant-id"
 
+#: On the manager's namespace and pods (config/manager): tenant nodes admit traffic only from
+#: pods with this label in namespaces with this label (1.20 has no namespace-name label).
+MANAGER_LABEL = f"{GROUP}/manager"
+
 
 class TenantPhase(StrEnum):
     PENDING = "Pending"

@@ -167,8 +167,11 @@ async def test_two_managers_only_the_leader_reconciles_and_standby_takes_over(
                 leader_election=True,
                 leader_election_id=lease,
                 leader_election_namespace=namespace,
-                lease_duration=3.0,
-                renew_deadline=2.0,
+                # A quick retry makes the handover quick; the long renew deadline (each call
+                # may take up to half of it) keeps a slow API server on a loaded machine from
+                # costing the first manager its lease before the test stops it.
+                lease_duration=6.0,
+                renew_deadline=4.0,
                 retry_period=0.5,
             ),
         )
@@ -189,6 +192,7 @@ async def test_two_managers_only_the_leader_reconciles_and_standby_takes_over(
         # Readiness does not depend on leadership: the standby's caches are warm.
         assert (await fetch(b.server_ports["probes"], "/readyz"))[0] == 200
         held = (await kube.get(LEASES, lease, namespace))["spec"]
+        assert a.is_leader  # still: it renewed all along
 
         await a.stop()  # graceful: the Lease is released
         # Released, not left to expire: right after the stop the Lease is free (or already

@@ -21,7 +21,14 @@ from nexus.app import build_manager
 from nexus.domain.resources import AGENTS, TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
-from nexus.runtime.resource import NAMESPACES, SECRETS
+from nexus.runtime.resource import (
+    LIMIT_RANGES,
+    NAMESPACES,
+    NETWORK_POLICIES,
+    RESOURCE_QUOTAS,
+    SECRETS,
+    SERVICE_ACCOUNTS,
+)
 from nexus.settings import ManagerSettings
 
 from ..conftest import ROOT
@@ -152,6 +159,7 @@ async def test_controllers_work_under_the_rendered_cluster_role(
             await asyncio.wait_for(mgr.wait_leading(), 20)
             await kubectl(envtest, "apply", "-f", "config/samples/nexus_v1alpha1_nexustenant.yaml")
             await wait_for(kube, TENANTS, "tenant-dev", "nexus-system", phase("Ready"))
+            await repair_the_fence(kube, "tenant-dev")
             await kubectl(envtest, "apply", "-f", "config/samples/nexus_v1alpha1_nexusagent.yaml")
             agent = await wait_for(kube, AGENTS, "support-bot", "tenant-dev", phase("Running"))
             assert agent["status"]["nodeAck"] is True
@@ -168,3 +176,22 @@ async def test_controllers_work_under_the_rendered_cluster_role(
         finally:
             await mgr.stop()
         assert forbidden_responses() == before, "the manager hit 403: the ClusterRole is short"
+
+
+async def repair_the_fence(kube: Client, ns: str) -> None:
+    """Makes the manager create and patch each kind of the tenant's fence (under its role)."""
+    await kube.delete(LIMIT_RANGES, "nexus-limits", ns)
+    await kube.delete(NETWORK_POLICIES, "nexus-default-deny-ingress", ns)
+    await kube.patch(RESOURCE_QUOTAS, "nexus-quota", {"spec": {"hard": {"pods": "9"}}}, ns)
+    await kube.patch(NETWORK_POLICIES, "nexus-egress", {"spec": {"egress": []}}, ns)
+    await kube.patch(SERVICE_ACCOUNTS, "astromesh-node", {"automountServiceAccountToken": True}, ns)
+    await wait_for(kube, LIMIT_RANGES, "nexus-limits", ns, lambda o: True)
+    await wait_for(kube, NETWORK_POLICIES, "nexus-default-deny-ingress", ns, lambda o: True)
+    await wait_for(
+        kube, RESOURCE_QUOTAS, "nexus-quota", ns, lambda o: o["spec"]["hard"]["pods"] == "1"
+    )
+    await wait_for(kube, NETWORK_POLICIES, "nexus-egress", ns, lambda o: o["spec"].get("egress"))
+    await wait_for(
+        kube, SERVICE_ACCOUNTS, "astromesh-node", ns,
+        lambda o: o["automountServiceAccountToken"] is False,
+    )  # fmt: skip

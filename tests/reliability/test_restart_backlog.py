@@ -110,9 +110,10 @@ async def test_new_tenant_jumps_the_initial_list_and_converged_ones_write_nothin
     finally:
         assert await second.stop() == 0, second.log_tail()
     print(f"writes of the restarted manager: {dict(writes)}")
-    # finalizer, Provisioning, namespace, Deployment, Service, Ready: 6; and two events.
-    assert sum(writes.values()) <= 8, writes
-    assert writes[("POST", "201")] <= 5 and writes[("PATCH", "200")] <= 3, writes
+    # PATCH: finalizer, Provisioning, Ready. POST: namespace, ServiceAccount, 3 NetworkPolicies,
+    # ResourceQuota, LimitRange, Deployment, Service; and two events.
+    assert sum(writes.values()) <= 14, writes
+    assert writes[("POST", "201")] <= 11 and writes[("PATCH", "200")] <= 3, writes
 
 
 async def _queued(mgr: NexusManager, n: int) -> Metrics | None:

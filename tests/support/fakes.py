@@ -23,6 +23,7 @@ from typing import Any
 import jsonpatch
 
 from nexus.controllers.agent import AgentSettings, NexusAgentReconciler
+from nexus.controllers.fence import FenceSettings
 from nexus.controllers.tenant import NexusTenantReconciler, TenantSettings
 from nexus.controllers.watches import TENANT_BY_NAMESPACE, tenant_namespace_index
 from nexus.domain.resources import AGENTS, TENANT_LABEL, TENANTS
@@ -440,6 +441,8 @@ class World:
                 node_image="astromesh/node:test",
                 resync_period=self.RESYNC,
                 error_retry=self.ERROR_RETRY,
+                node_run_as_user=65532,
+                fence=FenceSettings(),
             ),
             clock=self.clock,
         )

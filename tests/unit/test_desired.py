@@ -28,6 +28,7 @@ def test_the_namespace_is_labelled_managed_and_owned() -> None:
         TENANT_LABEL: "acme",
         TENANT_NAMESPACE_LABEL: SYSTEM_NS,
         desired.MANAGED_BY_LABEL: "nexus",
+        **desired.POD_SECURITY_LABELS,
     }
 
 
@@ -37,7 +38,7 @@ def test_the_node_deployment_follows_the_tenant_spec() -> None:
     assert deploy["spec"]["replicas"] == 1
     c = container(deploy)
     assert c["image"] == "img:1"
-    assert c["env"] == [{"name": "ASTROMESH_ROLE", "value": "inference"}]
+    assert c["env"][0] == {"name": "ASTROMESH_ROLE", "value": "inference"}
     assert c["ports"][0]["containerPort"] == NODE_PORT
     assert c["readinessProbe"] == {"httpGet": {"path": "/v1/health", "port": NODE_PORT}}
     assert c["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"}}

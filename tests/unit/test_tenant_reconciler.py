@@ -80,13 +80,15 @@ async def test_provisioning_is_reported_before_the_children_are_created(world: W
         for c in world.server.writes()
         if c.verb in ("create", "patch_status")
     ]
-    assert order == [
-        ("patch_status", "NexusTenant", "Provisioning"),
-        ("create", "Namespace", None),
-        ("create", "Deployment", None),
-        ("create", "Service", None),
-        ("patch_status", "NexusTenant", "Ready"),
-    ]
+    # Status first, then the namespace, then its fence, and only then the node, whose pod
+    # must never run unfenced; the Ready status comes last.
+    assert order[0] == ("patch_status", "NexusTenant", "Provisioning")
+    assert order[1] == ("create", "Namespace", None)
+    assert order[-1] == ("patch_status", "NexusTenant", "Ready")
+    kinds = [kind for _, kind, _ in order[2:-1]]
+    fence = {"NetworkPolicy", "ResourceQuota", "LimitRange", "ServiceAccount"}
+    assert set(kinds[:-2]) == fence
+    assert sorted(kinds[-2:]) == ["Deployment", "Service"]
 
 
 async def test_ready_is_stamped_with_the_clock(world: World) -> None:
