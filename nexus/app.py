@@ -12,7 +12,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from nexus.api.auth import MIN_SECRET_BYTES, TokenService
 from nexus.api.context import ApiContext, ApiSettings
 from nexus.api.server import ApiServer
-from nexus.api.store import SqliteStore
+from nexus.api.store import open_store
 from nexus.controllers.agent import AgentSettings
 from nexus.controllers.node_client import NodeClient, NodeEndpoints
 from nexus.controllers.setup import ControllerSettings, setup_controllers
@@ -112,11 +112,11 @@ def check_jwt_secret(secret: str | None) -> str:
 
 
 async def add_api(mgr: Manager, settings: ManagerSettings) -> ApiServer | None:
-    """The REST API on ``--api-bind-address`` (unless "0"), with its SQLite store."""
+    """The REST API on ``--api-bind-address`` (unless "0"), with its store (``--database``)."""
     if parse_bind_address(settings.api_bind_address) is None:
         return None
     tokens = TokenService(check_jwt_secret(settings.jwt_secret))
-    store = await SqliteStore.open(settings.database)
+    store = await open_store(settings.database)
     context = ApiContext(
         settings=ApiSettings(
             namespace=settings.namespace,
@@ -130,6 +130,8 @@ async def add_api(mgr: Manager, settings: ManagerSettings) -> ApiServer | None:
         cache=mgr.cache,
         node=NodeClient(NodeEndpoints(settings.node_endpoint, mgr.client), timeout=5.0),
     )
+
+    await store.watch_credentials(context.credentials)
 
     async def database() -> str | None:
         await store.ping()
