@@ -79,7 +79,7 @@ class CredentialFeed:
         sink.trust_while(self.current)
 
     async def start(self, wait: float = 5.0) -> None:
-        """Start listening; wait up to ``wait`` seconds for the first connection.
+        """Start listening; wait up to ``wait`` seconds for the feed to be current.
 
         Returns either way: until the feed connects, the caches are simply not trusted.
         """
@@ -133,7 +133,6 @@ class CredentialFeed:
             # later change will be heard.
             for sink in self._sinks:
                 sink.invalidate_all()
-            self._listening.set()
             log.info("store.feed_listening", connections=self.connections)
             await self._pump(conn)
 
@@ -154,6 +153,7 @@ class CredentialFeed:
                     at = sent.pop(note.payload, None)
                     if at is not None:
                         self._confirmed = max(self._confirmed, at)
+                        self._listening.set()
                     # Older heartbeats still in flight are overtaken by this one.
                     for old in [p for p in sent if int(p) < int(note.payload)]:
                         del sent[old]

@@ -22,6 +22,7 @@ cut off may or may not have happened.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -545,9 +546,11 @@ class PostgresStore:
 
     async def rate_hit(self, key: str, limit: int, window: float) -> float | None:
         """One hit of ``key`` against the shared sliding log; see :class:`SharedLimiter`."""
-        # Keys come from client input (emails): NUL cannot be stored, so it is spelt out.
+        # Keys are client input (addresses, emails): the table keeps their digests, which any
+        # text has (NUL and lone surrogates included) and which reveal no one's email.
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         rows = await self._execute_fetch(
-            "SELECT nexus_rate_hit(%s, %s, %s)", (key.replace("\x00", "\\0"), limit, window)
+            "SELECT nexus_rate_hit(%s, %s, %s)", (digest, limit, window)
         )
         wait = rows[0][0] if rows else None
         return None if wait is None else float(wait)
