@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ import psycopg
 import pytest
 
 from nexus.api.auth import hash_secret, new_api_key, new_family_id, new_refresh_token
+from nexus.api.credcache import CredentialCache
 from nexus.api.store import (
     LAST_USED_RESOLUTION,
     EmailTaken,
@@ -737,3 +739,50 @@ async def test_naive_timestamps_are_refused(store: Store) -> None:
         await store.store_refresh_token(
             new_refresh_token()[1], user.id, new_family_id(), datetime(2030, 1, 1)
         )
+
+
+async def test_postgres_a_pg_dump_restores_into_a_working_store(
+    postgres_server: PostgresServer, pg_url: str, tmp_path: Path
+) -> None:
+    # The backup procedure of the README: pg_dump of a live database, pg_restore into an
+    # empty one, and a store on the copy that has everything (the triggers included).
+    store = await PostgresStore.open(pg_url)
+    try:
+        user_id, tenant_id = await user_and_tenant(store)
+        _, key_hash = new_api_key()
+        await store.create_api_key(tenant_id, key_hash, "backed-up")
+        dump = tmp_path / "nexus.dump"
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(postgres_server.bindir / "pg_dump"), "--format=custom", f"--file={dump}",
+             "--exclude-table-data=rate_hits", pg_url],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    finally:
+        await store.close()
+    copy_url = postgres_server.create_database("restored")
+    try:
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(postgres_server.bindir / "pg_restore"), "--no-owner", "-d", copy_url, str(dump)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        restored = await PostgresStore.open(copy_url)
+        try:
+            assert await restored.get_user(user_id) is not None
+            key = await restored.lookup_api_key(key_hash)
+            assert key is not None and key.label == "backed-up"
+            cache = CredentialCache()
+            await restored.watch_credentials(cache)
+            tenant = await restored.get_tenant(tenant_id)
+            assert tenant is not None
+            cache.put_key(key, tenant)
+            await restored.revoke_api_key(tenant_id, key_hash)
+            deadline = time.monotonic() + 1
+            while cache.key(key_hash) is not None:
+                assert time.monotonic() < deadline, "the restored triggers did not notify"
+                await asyncio.sleep(0.01)
+        finally:
+            await restored.close()
+    finally:
+        postgres_server.drop_database(copy_url)
