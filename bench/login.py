@@ -1,14 +1,18 @@
 """Login throughput with cost-12 bcrypt, and event-loop health during a login storm.
 
-The REST app (``nexus.api.server.create_app`` with a SQLite store, the rate limits raised out of
-the way) runs in a subprocess of its own; this process measures one cost-12 bcrypt check, then
-drives ``POST /auth/login`` with many concurrent clients while probing ``GET /healthz``.
+The REST app (``nexus.api.server.create_app``, the rate limits raised out of the way) runs in a
+subprocess of its own; this process measures one cost-12 bcrypt check, then drives
+``POST /auth/login`` with many concurrent clients while probing ``GET /healthz``. Twice: on a
+SQLite store, then on a PostgreSQL store (a server started here from Debian's package), where
+each login also counts its two rate limits in the database.
 
 * ideal throughput = CPUs / (time of one cost-12 check), measured here first, alone;
 * target: logins/s >= 0.85 x ideal, and healthz p99 < 25 ms during the storm (bcrypt must
   run off the event loop, in a pool no larger than the CPUs).
 
     .venv/bin/python -m bench.login [--duration 15] [--concurrency 16]
+
+Targets (each store): logins/s >= 0.85 x ideal, healthz p99 < 25 ms.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import bcrypt
 
 from bench.common import table
 from nexus.runtime.envtest import free_port
+from tests.support.postgres import PostgresServer, find_bindir
 
 USERS = 4
 
 
-# -- the server (run as `python -m bench.login --serve PORT DB`) --------------------------------
+# -- the server (run as `python -m bench.login --serve PORT DATABASE`) --------------------------
 
 
 async def serve(port: int, db: str) -> None:
@@ -41,11 +46,11 @@ async def serve(port: int, db: str) -> None:
     from nexus.api.auth import TokenService
     from nexus.api.context import ApiContext, ApiSettings
     from nexus.api.server import create_app
-    from nexus.api.store import SqliteStore
+    from nexus.api.store import open_store
     from nexus.runtime.logging import configure_logging
 
     configure_logging(json=False, level="warning")
-    store = await SqliteStore.open(db)
+    store = await open_store(db)
     unlimited = (10**9, 60.0)
     context = ApiContext(
         settings=ApiSettings(auth_per_address=unlimited, auth_per_account=unlimited),
@@ -94,10 +99,10 @@ async def probe_healthz(url: str, stop: asyncio.Event, interval: float = 0.02) -
     return latencies
 
 
-async def start_server(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_server(database: str) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.login", "--serve", str(port), str(workdir / "nexus.db"),
+        sys.executable, "-m", "bench.login", "--serve", str(port), database,
         stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -113,18 +118,11 @@ async def start_server(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
     raise RuntimeError("the server did not start")
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--concurrency", type=int, default=0, help="default: 8 x CPUs")
-    args = parser.parse_args()
-    cpus = os.cpu_count() or 1
-    concurrency = args.concurrency or 8 * cpus
-    check = one_check_seconds()
-    ideal = cpus / check
-
-    proc, url = await start_server(Path(tempfile.mkdtemp(prefix="nexus-bench-login-")))
+async def storm(
+    database: str, duration: float, warmup: float, concurrency: int
+) -> tuple[float, int, list[float], list[float]]:
+    """(logins/s, failures, healthz latencies idle, healthz latencies during the storm)."""
+    proc, url = await start_server(database)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
             users = []
@@ -142,8 +140,8 @@ async def main() -> None:
             idle = await idle_task
 
             start = time.perf_counter()
-            measure_from = start + args.warmup
-            end = measure_from + args.duration
+            measure_from = start + warmup
+            end = measure_from + duration
             logins = 0
             failures = 0
 
@@ -164,33 +162,70 @@ async def main() -> None:
             prober = asyncio.create_task(probe_healthz(url, stop))
             await asyncio.gather(*(worker(i) for i in range(concurrency)))
             stop.set()
-            storm = await prober
+            during = await prober
     finally:
         proc.terminate()
         await proc.wait()
+    return logins / duration, failures, idle, during
 
-    rate = logins / args.duration
-    p99 = pct(storm, 0.99) * 1e3
-    idle_p50, idle_p99 = statistics.median(idle) * 1e3, pct(idle, 0.99) * 1e3
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=0, help="default: 8 x CPUs")
+    args = parser.parse_args()
+    cpus = os.cpu_count() or 1
+    concurrency = args.concurrency or 8 * cpus
+    check = one_check_seconds()
+    ideal = cpus / check
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed: apt-get install postgresql")
+
+    workdir = Path(tempfile.mkdtemp(prefix="nexus-bench-login-"))
+    results = {}
+    with PostgresServer(bindir) as pg:
+        for name, database in (
+            ("sqlite", str(workdir / "nexus.db")),
+            ("postgres", pg.create_database("login")),
+        ):
+            results[name] = await storm(database, args.duration, args.warmup, concurrency)
+
+    rows = [
+        ("CPUs", str(cpus)),
+        ("one cost-12 check (alone)", f"{check * 1e3:.0f} ms"),
+        ("ideal (CPUs / check)", f"{ideal:.2f} logins/s"),
+        ("concurrent clients", str(concurrency)),
+    ]
+    for name, (rate, failures, idle, during) in results.items():
+        p99 = pct(during, 0.99) * 1e3
+        rows += [
+            (
+                f"{name}: measured",
+                f"{rate:.2f} logins/s over {args.duration:.0f} s ({failures} failed)",
+            ),
+            (f"{name}: measured / ideal", f"{rate / ideal:.3f}   (target >= 0.85)"),
+            (
+                f"{name}: healthz idle",
+                f"p50 {statistics.median(idle) * 1e3:.1f} ms  p99 {pct(idle, 0.99) * 1e3:.1f} ms",
+            ),
+            (
+                f"{name}: healthz during the storm",
+                f"p50 {statistics.median(during) * 1e3:.1f} ms  p99 {p99:.1f} ms  "
+                f"max {max(during) * 1e3:.1f} ms  ({len(during)} probes; target p99 < 25 ms)",
+            ),
+        ]
+    sqlite_rate, pg_rate = results["sqlite"][0], results["postgres"][0]
+    rows.append(("postgres / sqlite", f"{pg_rate / sqlite_rate:.3f}"))
+    print(table(rows))
     print(
-        table(
-            [
-                ("CPUs", str(cpus)),
-                ("one cost-12 check (alone)", f"{check * 1e3:.0f} ms"),
-                ("ideal (CPUs / check)", f"{ideal:.2f} logins/s"),
-                ("concurrent clients", str(concurrency)),
-                ("measured", f"{rate:.2f} logins/s over {args.duration:.0f} s ({failures} failed)"),
-                ("measured / ideal", f"{rate / ideal:.3f}   (target >= 0.85)"),
-                ("healthz idle", f"p50 {idle_p50:.1f} ms  p99 {idle_p99:.1f} ms"),
-                (
-                    "healthz during the storm",
-                    f"p50 {statistics.median(storm) * 1e3:.1f} ms  p99 {p99:.1f} ms  "
-                    f"max {max(storm) * 1e3:.1f} ms  ({len(storm)} probes; target p99 < 25 ms)",
-                ),
-            ]
-        )
+        f"ratio={sqlite_rate / ideal:.3f} "
+        f"healthz_p99_ms={pct(results['sqlite'][3], 0.99) * 1e3:.1f} "
+        f"pg_ratio={pg_rate / ideal:.3f} "
+        f"pg_healthz_p99_ms={pct(results['postgres'][3], 0.99) * 1e3:.1f} "
+        f"pg_vs_sqlite={pg_rate / sqlite_rate:.3f}"
     )
-    print(f"ratio={rate / ideal:.3f} healthz_p99_ms={p99:.1f}")
 
 
 if __name__ == "__main__":
