@@ -265,16 +265,18 @@ async def main() -> None:
             client = Client(api)
             await client.create(NAMESPACES, {"metadata": {"name": SYSTEM}})
 
-            async def manager(db: str, tag: str) -> str:
+            async def manager(db: str, tag: str) -> tuple[str, int]:
                 proc, url = await start_manager(
                     env.kubeconfig_path, workdir, args.agents, database=db, secret=secret, tag=tag
                 )
                 managers.append(proc)
-                return url
+                return url, proc.pid
 
             try:
-                sqlite_url = await manager(str(workdir / "nexus.db"), "sqlite")
-                pg_a, pg_b = await asyncio.gather(manager(database, "a"), manager(database, "b"))
+                (sqlite_url, sqlite_pid) = await manager(str(workdir / "nexus.db"), "sqlite")
+                (pg_a, pid_a), (pg_b, pid_b) = await asyncio.gather(
+                    manager(database, "a"), manager(database, "b")
+                )
                 sqlite_key = await populate(sqlite_url, args.agents, "sqlite@example.com")
                 pg_key = await populate(pg_a, args.agents, "pg@example.com")
                 await asyncio.sleep(2)  # last status writes settle
@@ -284,16 +286,11 @@ async def main() -> None:
                 ):
                     body = await r.read()
                 bare, bare_url = await start_bare(body, workdir)
-                pids = {"sqlite": managers[0].pid, "a": managers[1].pid, "b": managers[2].pid}
                 sides = {
                     "bare aiohttp": ([bare_url], {}, [bare.pid]),
-                    "nexus sqlite": ([sqlite_url], {"X-API-Key": sqlite_key}, [pids["sqlite"]]),
-                    "nexus postgres": ([pg_a], {"X-API-Key": pg_key}, [pids["a"]]),
-                    "nexus postgres x2": (
-                        [pg_a, pg_b],
-                        {"X-API-Key": pg_key},
-                        [pids["a"], pids["b"]],
-                    ),
+                    "nexus sqlite": ([sqlite_url], {"X-API-Key": sqlite_key}, [sqlite_pid]),
+                    "nexus postgres": ([pg_a], {"X-API-Key": pg_key}, [pid_a]),
+                    "nexus postgres x2": ([pg_a, pg_b], {"X-API-Key": pg_key}, [pid_a, pid_b]),
                 }
                 # Alternate the sides, round after round, so that drift in the machine's load
                 # (it may be shared) hits all alike; each side is judged by its median round.
