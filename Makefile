@@ -84,3 +84,11 @@ deploy: ## Deploy Nexus (CRDs, RBAC, manager) with the image IMG.
 .PHONY: undeploy
 undeploy: ## Remove what deploy created.
 	$(KUBECTL) delete -k config/default --ignore-not-found
+
+.PHONY: deploy-ha
+deploy-ha: ## Deploy two replicas on your own PostgreSQL (config/ha; Secrets first, see README).
+	$(KUBECTL) kustomize config/ha | sed "s#image: nexus:latest#image: $(IMG)#" | $(KUBECTL) apply -f -
+
+.PHONY: undeploy-ha
+undeploy-ha: ## Remove what deploy-ha created.
+	$(KUBECTL) delete -k config/ha --ignore-not-found

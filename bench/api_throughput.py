@@ -1,11 +1,22 @@
 """REST API read throughput: ``GET /api/v1/agents`` with an API key, 100 agents in the tenant.
 
-Nexus (a real `nexus manager` subprocess on a local control plane: dual-auth middleware, key
-lookup in SQLite, tenant resolution, the agent list from the informer cache, pydantic models)
-against the floor: a bare aiohttp handler in a subprocess of its own returning the same JSON
-(serialised per request, as any handler would). The same aiohttp client drives both, side by
-side, with N concurrent connections for a fixed time each, alternating the sides for a few
-rounds (the median round of each side counts). Target: ratio >= 0.5.
+Nexus (real `nexus manager` subprocesses on a local control plane: dual-auth middleware, key
+lookup in the store, tenant resolution, the agent list from the informer cache, pydantic
+models) against the floor: a bare aiohttp handler in a subprocess of its own returning the same
+JSON (serialised per request, as any handler would). The sides:
+
+* ``bare aiohttp``: the floor;
+* ``nexus sqlite``: one manager on a SQLite file;
+* ``nexus postgres``: one replica of a pair on a PostgreSQL server started here (Debian's
+  package, as in the tests);
+* ``nexus postgres x2``: both replicas of that pair, the connections split between them.
+
+All managers share one system namespace and one Lease (``--leader-elect``), so that a single
+set of controllers reconciles every tenant; each store has its own tenant, key and agents. The
+same aiohttp client drives every side with N concurrent connections for a fixed time each,
+alternating the sides for a few rounds (the median round of each side counts). Target:
+nexus sqlite / bare >= 0.5. The load generator shares the machine's CPUs with the servers, so
+on a 2-core machine two replicas cannot be expected to double one.
 
     .venv/bin/python -m bench.api_throughput [--agents 100] [--connections 32] [--rounds 3]
 """
@@ -30,9 +41,11 @@ from bench.common import bounded, table
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, free_port
 from nexus.runtime.resource import NAMESPACES
+from tests.support.postgres import PostgresServer, find_bindir
 
 SYSTEM = "nexus-system"
 READY_TIMEOUT = 120.0
+LEASE = "nexus-bench-api"
 
 
 # -- the floor: a bare aiohttp server (run as `python -m bench.api_throughput --bare ...`) -----
@@ -71,17 +84,19 @@ async def wait_http(url: str, proc: asyncio.subprocess.Process, timeout: float =
 
 
 async def start_manager(
-    kubeconfig: Path, workdir: Path, max_agents: int
+    kubeconfig: Path, workdir: Path, max_agents: int, *, database: str, secret: str, tag: str
 ) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
-    log = (workdir / "manager.log").open("ab")
+    log = (workdir / f"manager-{tag}.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nexus.cli", "manager",
         f"--kubeconfig={kubeconfig}",
         f"--api-bind-address=127.0.0.1:{port}",
         f"--health-probe-bind-address=127.0.0.1:{free_port()}",
         "--metrics-bind-address=0",
-        f"--database={workdir / 'nexus.db'}",
+        f"--database={database}",
+        "--leader-elect",
+        f"--leader-election-id={LEASE}",
         "--node-endpoint=http://127.0.0.1:9",
         "--node-image=astromesh/node:bench",
         # The node is down on purpose; do not let retries compete with the API for the CPU.
@@ -90,7 +105,7 @@ async def start_manager(
         "--log-level=warning",
         f"--default-max-agents={max_agents}",
         stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-        env={**os.environ, "NEXUS_JWT_SECRET": secrets.token_urlsafe(48)},
+        env={**os.environ, "NEXUS_JWT_SECRET": secret},
     )  # fmt: skip
     log.close()
     url = f"http://127.0.0.1:{port}"
@@ -129,7 +144,7 @@ def cpu_seconds(pid: int) -> float:
 # -- setup through the API --------------------------------------------------------------------
 
 
-async def populate(url: str, n_agents: int) -> str:
+async def populate(url: str, n_agents: int, email: str) -> str:
     """A user, a Ready tenant, an API key and ``n_agents`` agents; returns the raw key."""
     async with aiohttp.ClientSession() as s:
 
@@ -142,7 +157,7 @@ async def populate(url: str, n_agents: int) -> str:
 
         reg = await call(
             "POST", "/auth/register",
-            json={"email": "bench@example.com", "password": secrets.token_urlsafe(16),
+            json={"email": email, "password": secrets.token_urlsafe(16),
                   "displayName": "Bench"},
         )  # fmt: skip
         auth = {"Authorization": f"Bearer {reg['accessToken']}"}
@@ -188,21 +203,22 @@ async def populate(url: str, n_agents: int) -> str:
 
 
 async def load(
-    url: str, headers: dict[str, str], connections: int, duration: float, warmup: float
+    urls: list[str], headers: dict[str, str], connections: int, duration: float, warmup: float
 ) -> tuple[float, list[float], int]:
-    """(requests/s, latencies in s, non-200 count) of GET /api/v1/agents."""
+    """(requests/s, latencies in s, non-200 count) of GET /api/v1/agents, the connections
+    spread evenly over ``urls``."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as s:
-        target = f"{url}/api/v1/agents"
         start = time.perf_counter()
         measure_from = start + warmup
         end = measure_from + duration
         counted = 0
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
             nonlocal errors, counted
+            target = f"{urls[i % len(urls)]}/api/v1/agents"
             while True:
                 t0 = time.perf_counter()
                 if t0 >= end:
@@ -216,7 +232,7 @@ async def load(
                     latencies.append(t1 - t0)
                     errors += not ok
 
-        await asyncio.gather(*(worker() for _ in range(connections)))
+        await asyncio.gather(*(worker(i) for i in range(connections)))
     return counted / duration, latencies, errors
 
 
@@ -233,41 +249,69 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed: apt-get install postgresql")
     workdir = Path(tempfile.mkdtemp(prefix="nexus-bench-api-"))
-    async with Environment(crd_paths=["config/crd/bases"]) as env, await env.api_client() as api:
-        client = Client(api)
-        await client.create(NAMESPACES, {"metadata": {"name": SYSTEM}})
-        manager, nexus_url = await start_manager(env.kubeconfig_path, workdir, args.agents)
-        bare: asyncio.subprocess.Process | None = None
-        try:
-            key = await populate(nexus_url, args.agents)
-            await asyncio.sleep(2)  # last status writes settle
-            async with (
-                aiohttp.ClientSession() as s,
-                s.get(f"{nexus_url}/api/v1/agents", headers={"X-API-Key": key}) as r,
-            ):
-                body = await r.read()
-            bare, bare_url = await start_bare(body, workdir)
-            sides = {
-                "bare aiohttp": (bare_url, {}, bare.pid),
-                "nexus (API key)": (nexus_url, {"X-API-Key": key}, manager.pid),
-            }
-            # Alternate the sides, round after round, so that drift in the machine's load
-            # (it may be shared) hits both alike; each side is judged by its median round.
-            runs: dict[str, list[tuple[float, list[float], int, float]]] = {k: [] for k in sides}
-            for _ in range(args.rounds):
-                for name, (url, headers, pid) in sides.items():
-                    cpu0 = cpu_seconds(pid)
-                    rps, lat, errors = await load(
-                        url, headers, args.connections, args.duration, args.warmup
-                    )
-                    cpu = (cpu_seconds(pid) - cpu0) / (args.duration + args.warmup)
-                    runs[name].append((rps, lat, errors, cpu))
-        finally:
-            if bare is not None:
-                await stop(bare)
-            await stop(manager)
-            await client.close()
+    secret = secrets.token_urlsafe(48)
+    managers: list[asyncio.subprocess.Process] = []
+    bare: asyncio.subprocess.Process | None = None
+    with PostgresServer(bindir) as pg:
+        database = pg.create_database("bench")
+        async with (
+            Environment(crd_paths=["config/crd/bases"]) as env,
+            await env.api_client() as api,
+        ):
+            client = Client(api)
+            await client.create(NAMESPACES, {"metadata": {"name": SYSTEM}})
+
+            async def manager(db: str, tag: str) -> tuple[str, int]:
+                proc, url = await start_manager(
+                    env.kubeconfig_path, workdir, args.agents, database=db, secret=secret, tag=tag
+                )
+                managers.append(proc)
+                return url, proc.pid
+
+            try:
+                (sqlite_url, sqlite_pid) = await manager(str(workdir / "nexus.db"), "sqlite")
+                (pg_a, pid_a), (pg_b, pid_b) = await asyncio.gather(
+                    manager(database, "a"), manager(database, "b")
+                )
+                sqlite_key = await populate(sqlite_url, args.agents, "sqlite@example.com")
+                pg_key = await populate(pg_a, args.agents, "pg@example.com")
+                await asyncio.sleep(2)  # last status writes settle
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(f"{sqlite_url}/api/v1/agents", headers={"X-API-Key": sqlite_key}) as r,
+                ):
+                    body = await r.read()
+                bare, bare_url = await start_bare(body, workdir)
+                sides = {
+                    "bare aiohttp": ([bare_url], {}, [bare.pid]),
+                    "nexus sqlite": ([sqlite_url], {"X-API-Key": sqlite_key}, [sqlite_pid]),
+                    "nexus postgres": ([pg_a], {"X-API-Key": pg_key}, [pid_a]),
+                    "nexus postgres x2": ([pg_a, pg_b], {"X-API-Key": pg_key}, [pid_a, pid_b]),
+                }
+                # Alternate the sides, round after round, so that drift in the machine's load
+                # (it may be shared) hits all alike; each side is judged by its median round.
+                runs: dict[str, list[tuple[float, list[float], int, float]]] = {
+                    k: [] for k in sides
+                }
+                for _ in range(args.rounds):
+                    for name, (urls, headers, side_pids) in sides.items():
+                        cpu0 = sum(cpu_seconds(p) for p in side_pids)
+                        rps, lat, errors = await load(
+                            urls, headers, args.connections, args.duration, args.warmup
+                        )
+                        cpu = (sum(cpu_seconds(p) for p in side_pids) - cpu0) / (
+                            args.duration + args.warmup
+                        )
+                        runs[name].append((rps, lat, errors, cpu))
+            finally:
+                if bare is not None:
+                    await stop(bare)
+                await asyncio.gather(*(stop(m) for m in managers))
+                await client.close()
     rows = [
         ("agents in the tenant", str(args.agents)),
         ("response size", f"{len(body) / 1024:.1f} KiB"),
@@ -290,10 +334,19 @@ async def main() -> None:
                 f"(rounds: {', '.join(f'{r[0]:.0f}' for r in rounds)})",
             )
         )
-    ratio = medians["nexus (API key)"] / medians["bare aiohttp"]
-    rows.append(("nexus / bare (median rounds)", f"{ratio:.3f}   (target >= 0.5)"))
+    ratio = medians["nexus sqlite"] / medians["bare aiohttp"]
+    pg_ratio = medians["nexus postgres"] / medians["bare aiohttp"]
+    pg_vs_sqlite = medians["nexus postgres"] / medians["nexus sqlite"]
+    two_vs_one = medians["nexus postgres x2"] / medians["nexus postgres"]
+    rows.append(("nexus sqlite / bare", f"{ratio:.3f}   (target >= 0.5)"))
+    rows.append(("nexus postgres / bare", f"{pg_ratio:.3f}"))
+    rows.append(("nexus postgres / nexus sqlite", f"{pg_vs_sqlite:.3f}"))
+    rows.append(("two replicas / one (postgres)", f"{two_vs_one:.3f}"))
     print(table(rows))
-    print(f"ratio={ratio:.3f}")
+    print(
+        f"ratio={ratio:.3f} pg_ratio={pg_ratio:.3f} pg_vs_sqlite={pg_vs_sqlite:.3f} "
+        f"two_vs_one={two_vs_one:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from nexus.api.auth import MIN_SECRET_BYTES, TokenService
 from nexus.api.context import ApiContext, ApiSettings
 from nexus.api.server import ApiServer
-from nexus.api.store import SqliteStore
+from nexus.api.store import open_store
 from nexus.controllers.agent import AgentSettings
 from nexus.controllers.fence import FenceSettings, parse_cidrs
 from nexus.controllers.setup import Controllers, ControllerSettings, setup_controllers
@@ -148,12 +148,12 @@ class Nexus:
         self.api: ApiServer | None = None
 
     async def add_api(self) -> ApiServer | None:
-        """The REST API on ``--api-bind-address`` (unless "0"), with its SQLite store."""
+        """The REST API on ``--api-bind-address`` (unless "0"), with its store (``--database``)."""
         s = self.settings
         if parse_bind_address(s.api_bind_address) is None:
             return None
         tokens = TokenService(check_jwt_secret(s.jwt_secret))
-        store = await SqliteStore.open(s.database)
+        store = await open_store(s.database)
         mgr = self.manager
         context = ApiContext(
             settings=api_settings(s),
@@ -163,6 +163,8 @@ class Nexus:
             cache=mgr.cache,
             node=self.node,
         )
+        # Another replica's revocations and password changes reach this replica's cache.
+        await store.watch_credentials(context.credentials)
 
         async def database() -> str | None:
             await store.ping()

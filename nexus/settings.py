@@ -25,7 +25,10 @@ class ManagerSettings(BaseSettings):
     metrics_bind_address: str = Field(":9090", description='Prometheus /metrics ("0" disables)')
     health_probe_bind_address: str = Field(":8081", description="/healthz and /readyz")
     api_bind_address: str = Field(":8080", description='REST API ("0" disables)')
-    database: str = Field("nexus.db", description="SQLite file of the REST API")
+    database: str = Field(
+        "nexus.db",
+        description="The REST API's store: a SQLite file (one replica) or a postgresql:// URL",
+    )
     jwt_secret: str | None = Field(None, description="HS256 secret, at least 32 bytes")
     leader_elect: bool = Field(False, description="Elect a leader before running controllers")
     leader_election_id: str = Field("nexus.astromesh.io", description="Name of the Lease")

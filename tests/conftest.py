@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,9 @@ from kubernetes_asyncio import client as k8s_client
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
 from nexus.runtime.resource import NAMESPACES, Resource
+
+from .support.postgres import PostgresServer, find_bindir
+from .support.stores import StoreBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CRDS = ROOT / "tests" / "fixtures" / "crds"
@@ -74,3 +77,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leftovers:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print(f"\nERROR: control-plane processes left running: {leftovers}")
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (Debian's package) for the session, on a free loopback port.
+
+    Skips only when PostgreSQL is not installed (``.ci/run`` installs it); a server that is
+    installed but does not start fails the tests that need it.
+    """
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL is not installed (apt-get install postgresql; .ci/run does): "
+            "the PostgreSQL side of the store tests cannot run"
+        )
+    server = PostgresServer(bindir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's server (dropped afterwards)."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """Each store test once per backend: a fresh SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return StoreBackend("sqlite", str(tmp_path / "nexus.db"))
+    return StoreBackend("postgres", request.getfixturevalue("pg_url"))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from nexus.api.auth import InvalidToken, TokenService, hash_secret, looks_like_api_key
 from nexus.api.credcache import CredentialCache
 from nexus.api.errors import ApiProblem, validation_errors
-from nexus.api.ratelimit import SlidingWindowLimiter
+from nexus.api.ratelimit import RateLimiter
 from nexus.api.store import ApiKey, Store, StoreError, Tenant, User
 from nexus.domain.tenant import ResourceQuota
 from nexus.node import NodeClient
@@ -47,14 +47,15 @@ class ApiContext:
     node: NodeClient
     ready_checks: dict[str, Any] = field(default_factory=dict)
     credentials: CredentialCache = field(default_factory=CredentialCache)
-    per_address: SlidingWindowLimiter = field(init=False)
-    per_account: SlidingWindowLimiter = field(init=False)
-    refresh_limit: SlidingWindowLimiter = field(init=False)
+    per_address: RateLimiter = field(init=False)
+    per_account: RateLimiter = field(init=False)
+    refresh_limit: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.per_address = SlidingWindowLimiter(*self.settings.auth_per_address)
-        self.per_account = SlidingWindowLimiter(*self.settings.auth_per_account)
-        self.refresh_limit = SlidingWindowLimiter(*self.settings.refresh_per_address)
+        # From the store: counted in the database when replicas share one (PostgreSQL).
+        self.per_address = self.store.rate_limiter(*self.settings.auth_per_address)
+        self.per_account = self.store.rate_limiter(*self.settings.auth_per_account)
+        self.refresh_limit = self.store.rate_limiter(*self.settings.refresh_per_address)
 
 
 CTX = web.AppKey("nexus.api.context", ApiContext)
@@ -106,8 +107,8 @@ def client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def limit(limiter: SlidingWindowLimiter, key: str) -> None:
-    wait = limiter.hit(key)
+async def limit(limiter: RateLimiter, key: str) -> None:
+    wait = await limiter.hit(key)
     if wait is not None:
         raise ApiProblem(
             429, "too many requests; retry later", headers={"Retry-After": str(math.ceil(wait))}
@@ -158,9 +159,10 @@ async def _user_from_token(c: ApiContext, token: str) -> User | None:
         return None
     user = c.credentials.user(user_id)
     if user is None:
+        since = c.credentials.generation  # an invalidation during the read drops the put
         user = await c.store.get_user(user_id)
         if user is not None:
-            c.credentials.put_user(user)
+            c.credentials.put_user(user, since)
     return user
 
 
@@ -168,13 +170,14 @@ async def _resolve_key(c: ApiContext, key_hash: str) -> tuple[ApiKey, Tenant] | 
     cached = c.credentials.key(key_hash)
     if cached is not None:
         return cached
+    since = c.credentials.generation  # an invalidation during the reads drops the put
     key = await c.store.lookup_api_key(key_hash)
     if key is None:
         return None
     tenant = await c.store.get_tenant(key.tenant_id)
     if tenant is None:
         return None
-    c.credentials.put_key(key, tenant)
+    c.credentials.put_key(key, tenant, since)
     return key, tenant
 
 

@@ -9,6 +9,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from nexus.api.store import EmailTaken, NotFound, StoreError
+
 log = structlog.get_logger("nexus.api")
 
 
@@ -78,6 +80,19 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return response
     except ApiProblem as problem:
         return problem.response()
+    except StoreError as exc:
+        if isinstance(exc, (EmailTaken, NotFound)):
+            # A handler should have turned these into a 4xx: a bug.
+            log.exception("api.unhandled_error", method=request.method, path=request.path)
+            return web.json_response({"error": "internal error"}, status=500)
+        # The database is unreachable or failing (a PostgreSQL failover, a locked file):
+        # the request may well succeed if retried.
+        log.warning("api.store_unavailable", method=request.method, error=str(exc)[:300])
+        return web.json_response(
+            {"error": "the database is unavailable; retry"},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+
+
+def _storable(v: str) -> str:
+    # What neither store keeps: NUL (PostgreSQL text cannot hold it, and both backends refuse
+    # it alike) and lone surrogates (no UTF-8 form). A 400 here, not a failure in the store.
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode") from None
+    return v
+
+
+#: Free text that the store keeps.
+StoredText = Annotated[str, AfterValidator(_storable)]
 
 
 class _Body(BaseModel):
@@ -17,7 +33,7 @@ class _Body(BaseModel):
 class RegisterRequest(_Body):
     email: str = Field(max_length=320)
     password: str = Field(max_length=1024)
-    displayName: str = Field(min_length=1, max_length=256)  # noqa: N815 - the wire name
+    displayName: StoredText = Field(min_length=1, max_length=256)  # noqa: N815 - the wire name
 
     @field_validator("email")
     @classmethod
@@ -37,12 +53,12 @@ class RefreshRequest(_Body):
 
 
 class TenantCreateRequest(_Body):
-    displayName: str = Field(min_length=1, max_length=256)  # noqa: N815
+    displayName: StoredText = Field(min_length=1, max_length=256)  # noqa: N815
     nodeProfile: str = Field("full", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # noqa: N815
 
 
 class KeyCreateRequest(_Body):
-    label: str = Field("", max_length=256)
+    label: StoredText = Field("", max_length=256)
 
 
 class UserOut(BaseModel):

@@ -3,6 +3,10 @@
 Each of login, register and refresh runs a cost-12 bcrypt check or mints tokens; without a limit
 a single client can burn every CPU of the API. The handlers keep one limiter per client address
 and one per account (normalised email) and answer 429 with ``Retry-After`` when either says no.
+
+Handlers see the :class:`RateLimiter` protocol; the store hands out the implementation, so that
+replicas sharing a PostgreSQL store share their counts, and a SQLite store (one replica) counts
+in this process with :class:`SlidingWindowLimiter`.
 """
 
 from __future__ import annotations
@@ -10,8 +14,23 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["SlidingWindowLimiter"]
+__all__ = ["InProcessLimiter", "RateLimiter", "SlidingWindowLimiter"]
+
+
+class RateLimiter(Protocol):
+    """At most ``limit`` hits per key within any ``window`` seconds."""
+
+    limit: int
+    window: float
+
+    async def hit(self, key: str) -> float | None:
+        """Record a hit for ``key``: None if allowed, else seconds until one would be allowed.
+
+        A refused hit is not recorded.
+        """
+        ...
 
 
 class SlidingWindowLimiter:
@@ -84,3 +103,15 @@ class SlidingWindowLimiter:
             if hits and hits[-1] > horizon:
                 return
             del self._hits[key]
+
+
+class InProcessLimiter:
+    """:class:`RateLimiter` over a :class:`SlidingWindowLimiter`: the counts of this process."""
+
+    def __init__(self, limiter: SlidingWindowLimiter) -> None:
+        self.limiter = limiter
+        self.limit = limiter.limit
+        self.window = limiter.window
+
+    async def hit(self, key: str) -> float | None:
+        return self.limiter.hit(key)

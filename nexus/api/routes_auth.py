@@ -42,12 +42,12 @@ async def _bundle(request: web.Request, user: User, family: str | None = None) -
 @routes.post("/auth/register")
 async def register(request: web.Request) -> web.Response:
     c = ctx(request)
-    limit(c.per_address, f"register:{client_address(request)}")
+    await limit(c.per_address, f"register:{client_address(request)}")
     body = await json_body(request, RegisterRequest)
     problem = auth.validate_password(body.password)
     if problem:
         raise ApiProblem(400, errors=[f"password {problem}"])
-    limit(c.per_account, f"register:{normalize_email(body.email)}")
+    await limit(c.per_account, f"register:{normalize_email(body.email)}")
     hashed = await auth.hash_password(body.password)
     try:
         user = await c.store.create_user(body.email, body.displayName, hashed)
@@ -62,9 +62,9 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/auth/login")
 async def login(request: web.Request) -> web.Response:
     c = ctx(request)
-    limit(c.per_address, f"login:{client_address(request)}")
+    await limit(c.per_address, f"login:{client_address(request)}")
     body = await json_body(request, LoginRequest)
-    limit(c.per_account, f"login:{normalize_email(body.email)}")
+    await limit(c.per_account, f"login:{normalize_email(body.email)}")
     try:
         user = await c.store.get_user_by_email(body.email)
     except ValueError:
@@ -80,7 +80,7 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/auth/refresh")
 async def refresh(request: web.Request) -> web.Response:
     c = ctx(request)
-    limit(c.refresh_limit, f"refresh:{client_address(request)}")
+    await limit(c.refresh_limit, f"refresh:{client_address(request)}")
     body = await json_body(request, RefreshRequest)
     digest = auth.hash_secret(body.refreshToken)
     stored = await c.store.get_refresh_token(digest)
@@ -96,7 +96,7 @@ async def refresh(request: web.Request) -> web.Response:
         raise ApiProblem(401, "refresh token expired")
     # Per account as well as per address; after the reuse check, so that a
     # replayed token always revokes its family.
-    limit(c.per_account, f"refresh:{stored.user_id}")
+    await limit(c.per_account, f"refresh:{stored.user_id}")
     raw, new_digest = auth.new_refresh_token()
     if not await c.store.rotate_refresh_token(digest, new_digest, c.tokens.refresh_expiry(now)):
         await c.store.revoke_token_family(stored.family_id)

@@ -110,6 +110,64 @@ async def test_server_side_dry_run_accepts_every_object(envtest: Environment, ku
     assert out.count("(server dry run)") == 12
 
 
+def test_kustomize_renders_the_ha_overlay() -> None:
+    docs = render("ha")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+            "CustomResourceDefinition", "Deployment", "Namespace", "PodDisruptionBudget",
+            "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
+        ]
+    )  # fmt: skip
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    # The URL comes from the Secret; a --database flag would override it.
+    assert "--leader-elect" in c["args"]
+    assert not [a for a in c["args"] if a.startswith("--database")]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NEXUS_DATABASE"]["valueFrom"]["secretKeyRef"] == {
+        "name": "nexus-database",
+        "key": "url",
+    }
+    assert env["NEXUS_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "nexus-jwt"
+    assert not any(v.get("persistentVolumeClaim") for v in pod["volumes"])
+    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["metadata"]["namespace"] == "nexus-system"
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+async def test_server_side_dry_run_accepts_the_ha_overlay(
+    envtest: Environment, kube: Client
+) -> None:
+    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
+        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
+    rendered = await kubectl(envtest, "kustomize", str(ROOT / "config" / "ha"))
+    versions = await kubectl(envtest, "api-versions")
+    if "policy/v1\n" not in versions + "\n":
+        # The test cluster is Kubernetes 1.20, which serves PodDisruptionBudget as
+        # policy/v1beta1 only (the overlay ships policy/v1, GA since 1.21); the spec is the same.
+        assert "policy/v1beta1" in versions
+        rendered = rendered.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n")
+    out = await kubectl(
+        envtest, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-",
+        stdin=rendered,
+    )  # fmt: skip
+    assert "poddisruptionbudget.policy/nexus-controller-manager serverside-applied" in out
+    assert "deployment.apps/nexus-controller-manager serverside-applied (server dry run)" in out
+    assert out.count("(server dry run)") == 12
+
+
 @pytest.fixture
 async def rbac_node() -> AsyncIterator[AstromeshNode]:
     n = AstromeshNode()

@@ -1,12 +1,14 @@
-"""An acknowledged write survives SIGKILL of the process that made it.
+"""An acknowledged write survives SIGKILL of the process that made it, on both backends.
 
-Child processes open the store on one file and write in a loop (users from one task, API keys
+Child processes open the store on one database (a SQLite file, or a PostgreSQL database) and
+write in a loop (users from one task, API keys
 from another, two processes at once), printing each id only after the commit returned, the way
 a handler sends 201 only after the store call returned. The parent SIGKILLs them mid-stream and
 reopens the file: every printed id must be there and the database must pass integrity_check.
 
-SIGKILL leaves the OS page cache intact, so this proves ack-after-commit and WAL crash recovery;
-power-loss durability rests on ``synchronous=FULL``, asserted in the unit tests.
+SIGKILL leaves the OS page cache intact, so this proves ack-after-commit and (SQLite) WAL crash
+recovery; SQLite's power-loss durability rests on ``synchronous=FULL``, asserted in the unit
+tests, PostgreSQL's on its own WAL (``fsync`` and ``synchronous_commit`` are left on).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from nexus.api.store import SqliteStore
+from ..support.stores import StoreBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_FOR = 1.5
@@ -33,7 +35,7 @@ import sys
 import structlog
 
 from nexus.api.auth import new_api_key
-from nexus.api.store import SqliteStore
+from nexus.api.store import open_store
 
 # Logs go to stdout by default; keep it for acknowledgements only.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
@@ -58,7 +60,7 @@ async def keys(store, tag):
 
 
 async def main():
-    store = await SqliteStore.open(sys.argv[1])
+    store = await open_store(sys.argv[1])
     await asyncio.gather(users(store, sys.argv[2]), keys(store, sys.argv[2]))
 
 
@@ -66,13 +68,13 @@ asyncio.run(main())
 """
 
 
-async def spawn(db: Path, tag: str) -> asyncio.subprocess.Process:
+async def spawn(db: str, tag: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         CHILD,
-        str(db),
+        db,
         tag,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -114,11 +116,10 @@ async def collect(proc: asyncio.subprocess.Process) -> list[tuple[str, str]]:
     return acked
 
 
-async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
-    db = tmp_path / "durable.db"
+async def test_acknowledged_writes_survive_sigkill(backend: StoreBackend) -> None:
     # Create the schema first so both children start writing at once rather than migrating.
-    await (await SqliteStore.open(db)).close()
-    procs = [await spawn(db, tag) for tag in ("a", "b")]
+    await (await backend.open()).close()
+    procs = [await spawn(backend.location, tag) for tag in ("a", "b")]
     try:
         results = await asyncio.gather(*(collect(p) for p in procs))
     finally:
@@ -138,7 +139,7 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     assert len(tenants) == 2
     assert len(users) > 20 and len(keys) > 20, (len(users), len(keys))
 
-    store = await SqliteStore.open(db)
+    store = await backend.open()
     try:
         for user_id in users:
             assert await store.get_user(user_id) is not None, user_id
@@ -154,13 +155,19 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     finally:
         await store.close()
 
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        stored_users = conn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
-    finally:
-        conn.close()
+    if not backend.is_postgres:
+        conn = sqlite3.connect(backend.path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        finally:
+            conn.close()
+    orphans = backend.rows(
+        "SELECT COUNT(*) FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id"
+        " WHERE t.id IS NULL"
+    )
+    assert orphans == [(0,)]
+    stored_users = int(str(backend.rows("SELECT COUNT(*) FROM users")[0][0]))
     # Commits not yet printed when the kill came may exist too; never fewer.
     assert stored_users >= len(users) + len(tenants) + 1
 

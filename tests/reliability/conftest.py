@@ -16,13 +16,12 @@ from collections.abc import AsyncIterator
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
-from nexus.domain.resources import AGENTS, TENANT_NAMESPACE_LABEL, TENANTS
-from nexus.runtime.client import ApiError, Client
+from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
-from nexus.runtime.resource import NAMESPACES, Resource
+from nexus.runtime.resource import NAMESPACES
 
 from ..conftest import NEXUS_CRDS
-from ..support.faults import Object, bounded
+from ..support.faults import purge  # noqa: F401 - the cases import it from here
 from ..support.node import AstromeshNode
 
 pytestmark = pytest.mark.cluster
@@ -65,38 +64,3 @@ async def make_system_namespace(kube: Client, prefix: str = "rel") -> str:
     name = f"{prefix}-{short_id()}"
     await kube.create(NAMESPACES, {"metadata": {"name": name}})
     return name
-
-
-async def purge(kube: Client, system_ns: str) -> None:
-    """Remove a case's tenants, agents and namespaces when no manager is left to do it.
-
-    Finalizers are stripped first, so that deletions complete (where a namespace controller
-    runs) instead of waiting for a controller that is gone.
-    """
-    namespaces, _ = await kube.list_all(
-        NAMESPACES, label_selector=f"{TENANT_NAMESPACE_LABEL}={system_ns}"
-    )
-    doomed: list[tuple[Resource, Object]] = []
-    for ns in namespaces:
-        agents, _ = await kube.list_all(AGENTS, ns["metadata"]["name"])
-        doomed.extend((AGENTS, a) for a in agents)
-    tenants, _ = await kube.list_all(TENANTS, system_ns)
-    doomed.extend((TENANTS, t) for t in tenants)
-
-    async def strip(item: tuple[Resource, Object]) -> None:
-        res, obj = item
-        meta = obj["metadata"]
-        try:
-            await kube.patch(
-                res, meta["name"], {"metadata": {"finalizers": None}}, meta.get("namespace")
-            )
-        except ApiError as exc:
-            if not exc.not_found:
-                raise
-
-    async def delete_namespace(name: str) -> None:
-        await kube.delete(NAMESPACES, name, ignore_not_found=True)
-
-    await bounded(doomed, strip, 32)
-    names = [ns["metadata"]["name"] for ns in namespaces]
-    await bounded([*names, system_ns], delete_namespace, 32)

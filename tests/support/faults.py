@@ -18,7 +18,10 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from nexus.domain.resources import AGENTS, TENANT_NAMESPACE_LABEL, TENANTS
+from nexus.runtime.client import ApiError, Client
 from nexus.runtime.envtest import Environment, EnvtestError, free_port
+from nexus.runtime.resource import NAMESPACES, Resource
 
 from .manager import ManagerProcess
 from .tcpproxy import TcpProxy
@@ -173,6 +176,7 @@ class NexusManager(ManagerProcess):
         api: bool = False,
         jwt_secret: str | None = None,
         log_level: str = "info",
+        database: str | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(
@@ -181,6 +185,7 @@ class NexusManager(ManagerProcess):
             node_url=node_url,
             extra=[f"--log-level={log_level}", *(extra or [])],
             jwt_secret=jwt_secret,
+            database=database,
         )
         self.api = api
 
@@ -358,3 +363,41 @@ class FaultProxy(TcpProxy):
     @property
     def open_connections(self) -> int:
         return len(self._conns)
+
+
+# -- clean-up ------------------------------------------------------------------------------------
+
+
+async def purge(kube: Client, system_ns: str) -> None:
+    """Remove a case's tenants, agents and namespaces when no manager is left to do it.
+
+    Finalizers are stripped first, so that deletions complete (where a namespace controller
+    runs) instead of waiting for a controller that is gone.
+    """
+    namespaces, _ = await kube.list_all(
+        NAMESPACES, label_selector=f"{TENANT_NAMESPACE_LABEL}={system_ns}"
+    )
+    doomed: list[tuple[Resource, Object]] = []
+    for ns in namespaces:
+        agents, _ = await kube.list_all(AGENTS, ns["metadata"]["name"])
+        doomed.extend((AGENTS, a) for a in agents)
+    tenants, _ = await kube.list_all(TENANTS, system_ns)
+    doomed.extend((TENANTS, t) for t in tenants)
+
+    async def strip(item: tuple[Resource, Object]) -> None:
+        res, obj = item
+        meta = obj["metadata"]
+        try:
+            await kube.patch(
+                res, meta["name"], {"metadata": {"finalizers": None}}, meta.get("namespace")
+            )
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+
+    async def delete_namespace(name: str) -> None:
+        await kube.delete(NAMESPACES, name, ignore_not_found=True)
+
+    await bounded(doomed, strip, 32)
+    names = [ns["metadata"]["name"] for ns in namespaces]
+    await bounded([*names, system_ns], delete_namespace, 32)

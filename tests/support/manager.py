@@ -25,6 +25,7 @@ class ManagerProcess:
         node_url: str,
         extra: list[str] | None = None,
         jwt_secret: str | None = None,
+        database: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
@@ -36,6 +37,8 @@ class ManagerProcess:
         self.metrics_port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
         self.log_path = workdir / "manager.log"
+        #: ``--database``: a SQLite file in ``workdir`` unless a PostgreSQL URL is given.
+        self.database = database or str(workdir / "nexus.db")
 
     @property
     def url(self) -> str:
@@ -48,7 +51,7 @@ class ManagerProcess:
             f"--api-bind-address=127.0.0.1:{self.api_port}",
             f"--health-probe-bind-address=127.0.0.1:{self.probe_port}",
             f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
-            f"--database={self.workdir / 'nexus.db'}",
+            f"--database={self.database}",
             f"--node-endpoint={self.node_url}",
             "--node-image=astromesh/node:test",
             "--error-requeue=1",

@@ -71,3 +71,35 @@ def test_list_item_matches_the_documented_model() -> None:
     item = _list_item(obj)
     assert set(item) == set(AgentListItem.model_fields)
     assert AgentListItem.model_validate(item).model_dump(mode="json") == item
+
+
+def test_a_lookup_that_raced_an_invalidation_is_not_cached() -> None:
+    cache = CredentialCache()
+    since = cache.generation  # a request starts reading the store ...
+    cache.invalidate_key("a")  # ... the key is revoked meanwhile (here or on another replica)
+    cache.put_key(key("a"), tenant(), since)  # ... and the stale read comes back
+    assert cache.key("a") is None
+    user = User(id="usr_1", email="a@b", display_name="A", password_hash="x", created_at=NOW)
+    since = cache.generation
+    cache.invalidate_user("usr_1")
+    cache.put_user(user, since)
+    assert cache.user("usr_1") is None
+    # Without a race the entry is kept.
+    since = cache.generation
+    cache.put_key(key("a"), tenant(), since)
+    cache.put_user(user, since)
+    assert cache.key("a") is not None and cache.user("usr_1") == user
+
+
+def test_entries_are_served_only_while_the_feed_is_current() -> None:
+    cache = CredentialCache()
+    current = [True]
+    cache.trust_while(lambda: current[0])
+    cache.put_key(key("a"), tenant())
+    assert cache.key("a") is not None
+    current[0] = False
+    assert cache.key("a") is None
+    current[0] = True
+    assert cache.key("a") is not None
+    cache.invalidate_all()
+    assert cache.key("a") is None and len(cache) == 0

@@ -1,14 +1,7 @@
-"""Versioned schema migrations for the REST API's SQLite store.
-
-Each entry of :data:`MIGRATIONS` is ``(version, sql)``. Versions strictly increase; a migration
-is applied once, in its own transaction, together with the ``schema_version`` row that records
-it, so a crash mid-migration leaves the database at the previous version rather than half-way.
-Released migrations are never edited: a schema change is a new entry at the end.
-"""
+"""The SQLite store's schema migrations (the rules are in :mod:`nexus.api.store.migrations`)."""
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -16,9 +9,11 @@ from datetime import UTC, datetime
 import aiosqlite
 import structlog
 
+from nexus.api.store.migrations import Migration, MigrationError, check_migrations, refuse_newer
+
 __all__ = ["MIGRATIONS", "MigrationError", "current_version", "migrate", "split_statements"]
 
-log = structlog.get_logger("nexus.api.migrations")
+log = structlog.get_logger("nexus.api.store.migrations")
 
 # The CHECK constraints repeat the application's own validation so that a bug in a caller
 # cannot store a value that a later lookup would misread (an unhashed key, a stray role).
@@ -77,7 +72,7 @@ CREATE INDEX refresh_tokens_expires ON refresh_tokens (expires_at);
 """
 
 #: Every schema version, oldest first. Append only.
-MIGRATIONS: list[tuple[int, str]] = [
+MIGRATIONS: list[Migration] = [
     (1, _V1),
 ]
 
@@ -87,10 +82,6 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at TEXT NOT NULL
 )
 """
-
-
-class MigrationError(Exception):
-    """The database cannot be brought to this build's schema (newer than the code, or broken)."""
 
 
 def split_statements(sql: str) -> list[str]:
@@ -118,19 +109,13 @@ def _strip_comments(sql: str) -> str:
     return "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
 
 
-def _check_migrations(migrations: list[tuple[int, str]]) -> None:
-    versions = [v for v, _ in migrations]
-    if any(b <= a for a, b in itertools.pairwise(versions)) or (versions and versions[0] < 1):
-        raise MigrationError(f"migration versions must be positive and increasing: {versions}")
-
-
 async def current_version(db: aiosqlite.Connection) -> int:
     """The highest applied version, 0 for an empty database."""
     rows = list(await db.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
     return int(rows[0][0])
 
 
-async def migrate(db: aiosqlite.Connection, migrations: list[tuple[int, str]] | None = None) -> int:
+async def migrate(db: aiosqlite.Connection, migrations: list[Migration] | None = None) -> int:
     """Apply every migration newer than the database; return the resulting version.
 
     ``db`` must be in autocommit mode (``isolation_level=None``): transactions are explicit.
@@ -139,8 +124,7 @@ async def migrate(db: aiosqlite.Connection, migrations: list[tuple[int, str]] | 
     another process applied in the meantime is skipped rather than applied twice.
     """
     migrations = MIGRATIONS if migrations is None else migrations
-    _check_migrations(migrations)
-    latest = migrations[-1][0] if migrations else 0
+    latest = check_migrations(migrations)
     # Under the write lock, like the migrations: an autocommit write would not wait for a
     # concurrent opener's transaction the same way.
     await db.execute("BEGIN IMMEDIATE")
@@ -152,11 +136,7 @@ async def migrate(db: aiosqlite.Connection, migrations: list[tuple[int, str]] | 
         with suppress(sqlite3.OperationalError):
             await db.execute("ROLLBACK")
         raise
-    if version > latest:
-        # Running old code against a newer schema could silently drop data it does not know.
-        raise MigrationError(
-            f"database schema version {version} is newer than this build's {latest}"
-        )
+    refuse_newer(version, latest)
     for target, sql in migrations:
         if target <= version:
             continue

@@ -1,249 +1,56 @@
-"""Persistence for the REST API: users, tenants, API keys and refresh tokens.
+""":class:`SqliteStore`: the :class:`~.base.Store` on one SQLite file (the embedded default).
 
-Handlers talk to the :class:`Store` protocol only, so another backend (PostgreSQL) can be added
-without touching them. :class:`SqliteStore` is the implementation shipped today.
-
-Conventions shared by every method:
-
-* Timestamps are timezone-aware UTC :class:`~datetime.datetime` values in the models and
-  fixed-width ISO-8601 strings (``2024-05-01T12:00:00.000000Z``) in the database, so that
-  string comparison in SQL is chronological comparison.
-* Database failures surface as :class:`StoreError` (a handler answers 503); conflicts and
-  missing rows have their own subclasses. Text that cannot be encoded as UTF-8 (a lone
-  surrogate from JSON ``"\\ud800"``) raises :class:`ValueError` (a handler answers 400).
-* Secrets never reach the store: API keys and refresh tokens arrive as SHA-256 hex digests.
+One replica only: the file is the only copy of the data, and the credential cache and rate
+limits of the API are those of this one process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiosqlite
 import structlog
 
-from nexus.api.migrations import migrate
+from nexus.api.ratelimit import InProcessLimiter, RateLimiter, SlidingWindowLimiter
+from nexus.api.store.base import (
+    LAST_USED_RESOLUTION,
+    ApiKey,
+    ConstraintViolation,
+    CredentialSink,
+    EmailTaken,
+    NotFound,
+    RefreshToken,
+    StoreError,
+    Tenant,
+    User,
+    check_text,
+    cr_name_for,
+    format_ts,
+    new_tenant_id,
+    new_user_id,
+    normalize_email,
+    parse_ts,
+    round_ts,
+    utcnow,
+)
+from nexus.api.store.migrations.sqlite import migrate
 
-__all__ = [
-    "LAST_USED_RESOLUTION",
-    "ApiKey",
-    "EmailTaken",
-    "NotFound",
-    "RefreshToken",
-    "SqliteStore",
-    "Store",
-    "StoreError",
-    "Tenant",
-    "User",
-    "cr_name_for",
-    "format_ts",
-    "new_tenant_id",
-    "new_user_id",
-    "normalize_email",
-    "parse_ts",
-]
+__all__ = ["SqliteStore"]
 
 log = structlog.get_logger("nexus.api.store")
-
-#: ``lookup_api_key`` refreshes ``last_used_at`` at most this often per key, so that a busy key
-#: does not turn every authenticated read into a durable (fsync'd) write.
-LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 # Random ids can collide in theory; a handful of retries turns "in theory" into "never".
 _ID_ATTEMPTS = 5
 
 
-class StoreError(Exception):
-    """The store could not complete an operation (database unavailable, corrupt, closed)."""
-
-
-class EmailTaken(StoreError):
-    """Another user already registered this email (compared case-insensitively)."""
-
-
-class NotFound(StoreError):
-    """A row the operation depends on does not exist (or its tenant is deleted)."""
-
-
-class _Constraint(StoreError):
-    """A write broke a constraint; the methods that expect one turn it into a precise error."""
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    """A registered account. ``email`` is as typed at registration."""
-
-    id: str
-    email: str
-    display_name: str
-    # Kept out of repr so that logging a User never prints the hash.
-    password_hash: str = field(repr=False)
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    """A tenant; ``cr_name`` names both its NexusTenant CR and its namespace."""
-
-    id: str
-    cr_name: str
-    display_name: str
-    node_profile: str
-    created_at: datetime
-    deleted_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """A tenant-scoped API key, known only by the SHA-256 hex digest of the raw key."""
-
-    hash: str
-    tenant_id: str
-    label: str
-    created_at: datetime
-    last_used_at: datetime | None = None
-    revoked_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshToken:
-    """A stored refresh token (by hash). Rotation chains tokens of one login in a family."""
-
-    hash: str
-    user_id: str
-    family_id: str
-    expires_at: datetime
-    created_at: datetime
-    revoked_at: datetime | None = None
-    replaced_by: str | None = None
-
-    def usable(self, now: datetime) -> bool:
-        """Neither revoked nor expired at ``now``."""
-        return self.revoked_at is None and now < self.expires_at
-
-
-class Store(Protocol):
-    """The repository the REST handlers use. Every method is a single atomic operation."""
-
-    async def ping(self) -> None:
-        """Raise :class:`StoreError` unless the store can serve reads (readiness)."""
-        ...
-
-    async def close(self) -> None: ...
-
-    async def create_user(self, email: str, display_name: str, password_hash: str) -> User:
-        """Insert a user; :class:`EmailTaken` if the email exists in any letter case."""
-        ...
-
-    async def get_user_by_email(self, email: str) -> User | None: ...
-
-    async def get_user(self, user_id: str) -> User | None: ...
-
-    async def create_tenant(
-        self, owner_user_id: str, display_name: str, node_profile: str
-    ) -> Tenant:
-        """Insert a tenant and its owner link together; :class:`NotFound` if no such user."""
-        ...
-
-    async def delete_tenant(self, tenant_id: str) -> bool:
-        """Mark the tenant deleted and revoke its keys; False if unknown or already deleted."""
-        ...
-
-    async def purge_tenant(self, tenant_id: str) -> bool:
-        """Remove the tenant and everything it owns; False if unknown."""
-        ...
-
-    async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        """The tenant unless it is unknown or deleted."""
-        ...
-
-    async def list_user_tenants(self, user_id: str) -> list[Tenant]: ...
-
-    async def user_owns_tenant(self, user_id: str, tenant_id: str) -> bool: ...
-
-    async def create_api_key(self, tenant_id: str, key_hash: str, label: str) -> ApiKey:
-        """Store a key hash; :class:`NotFound` if the tenant is unknown or deleted."""
-        ...
-
-    async def list_api_keys(self, tenant_id: str) -> list[ApiKey]:
-        """The tenant's keys that are not revoked, oldest first."""
-        ...
-
-    async def revoke_api_key(self, tenant_id: str, key_hash: str) -> bool:
-        """Revoke a key of *this* tenant; False if the hash is unknown here (or revoked)."""
-        ...
-
-    async def lookup_api_key(self, key_hash: str) -> ApiKey | None:
-        """The key if it is live and its tenant is not deleted; records its use."""
-        ...
-
-    async def store_refresh_token(
-        self, token_hash: str, user_id: str, family_id: str, expires_at: datetime
-    ) -> RefreshToken: ...
-
-    async def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
-        """The token whatever its state (revoked and expired included), or None."""
-        ...
-
-    async def rotate_refresh_token(
-        self, old_hash: str, new_hash: str, expires_at: datetime
-    ) -> bool:
-        """Replace a usable token by a new one in its family; False if it was not usable."""
-        ...
-
-    async def revoke_token_family(self, family_id: str) -> int:
-        """Revoke every live token of the family; return how many were revoked."""
-        ...
-
-    async def delete_expired_refresh_tokens(self) -> int:
-        """Drop tokens past their expiry (housekeeping); return how many."""
-        ...
-
-
-def normalize_email(email: str) -> str:
-    """The form emails are compared in: lowercase. The address as typed is kept separately."""
-    return email.lower()
-
-
-def new_user_id() -> str:
-    """``usr_`` + 16 random hex characters (64 bits)."""
-    return "usr_" + secrets.token_hex(8)
-
-
-def new_tenant_id() -> str:
-    """``t_`` + 12 random lowercase hex characters, so ``cr_name_for`` yields a DNS label."""
-    return "t_" + secrets.token_hex(6)
-
-
-def cr_name_for(tenant_id: str) -> str:
-    """The NexusTenant CR name (and namespace) of a tenant id: ``tenant-<hex>``."""
-    return "tenant-" + tenant_id.removeprefix("t_")
-
-
-def format_ts(ts: datetime) -> str:
-    """A UTC timestamp in the store's fixed-width form; naive datetimes are refused."""
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_ts(raw: str) -> datetime:
-    return datetime.fromisoformat(raw).astimezone(UTC)
-
-
 def _opt_ts(raw: str | None) -> datetime | None:
     return None if raw is None else parse_ts(raw)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _user(row: sqlite3.Row) -> User:
@@ -331,7 +138,7 @@ class SqliteStore:
         cls,
         path: str | Path,
         *,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         busy_timeout_ms: int = 5000,
     ) -> SqliteStore:
         """Open (creating if needed) and migrate the database at ``path``.
@@ -340,7 +147,7 @@ class SqliteStore:
         ``busy_timeout_ms`` is how long a statement waits for another connection's write lock
         (SQLite's ``busy_timeout``) before it fails with "database is locked". Raises
         :class:`StoreError` if the file cannot be opened in WAL mode and
-        :class:`~nexus.api.migrations.MigrationError` if its schema is newer than this build.
+        :class:`~nexus.api.store.migrations.MigrationError` if its schema is newer than this build.
         """
         path = Path(path)
         if str(path) == ":memory:" or str(path).startswith("file:"):
@@ -375,6 +182,14 @@ class SqliteStore:
 
     async def ping(self) -> None:
         await self._read("SELECT COUNT(*) FROM schema_version")
+
+    async def watch_credentials(self, sink: CredentialSink) -> None:
+        # One process writes this file (one replica), and the handlers that revoke invalidate
+        # the cache themselves; the cache's TTL bounds what a restored file could leave stale.
+        return None
+
+    def rate_limiter(self, limit: int, window: float) -> RateLimiter:
+        return InProcessLimiter(SlidingWindowLimiter(limit, window))
 
     async def pragmas(self) -> dict[str, object]:
         """The writer's durability settings as SQLite reports them (diagnostics, tests)."""
@@ -418,7 +233,7 @@ class SqliteStore:
                 with suppress(sqlite3.Error):
                     await conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.IntegrityError):
-                    raise _Constraint(str(exc)) from exc
+                    raise ConstraintViolation(str(exc)) from exc
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"write failed: {exc}") from exc
                 raise
@@ -426,6 +241,7 @@ class SqliteStore:
     # -- users ----------------------------------------------------------------------------
 
     async def create_user(self, email: str, display_name: str, password_hash: str) -> User:
+        check_text(email, display_name, password_hash)
         norm = normalize_email(email)
         created = self._now()
         for _ in range(_ID_ATTEMPTS):
@@ -442,7 +258,7 @@ class SqliteStore:
                         " created_at) VALUES (?, ?, ?, ?, ?, ?)",
                         (user.id, email, norm, display_name, password_hash, format_ts(created)),
                     )
-            except _Constraint as exc:
+            except ConstraintViolation as exc:
                 if "email_norm" in str(exc):
                     raise EmailTaken(email) from exc
                 continue  # id collision: draw another
@@ -451,6 +267,7 @@ class SqliteStore:
         raise StoreError("could not allocate a user id")
 
     async def get_user_by_email(self, email: str) -> User | None:
+        check_text(email)
         rows = await self._read(
             f"SELECT {_USER_COLS} FROM users WHERE email_norm = ?", (normalize_email(email),)
         )
@@ -465,6 +282,7 @@ class SqliteStore:
     async def create_tenant(
         self, owner_user_id: str, display_name: str, node_profile: str
     ) -> Tenant:
+        check_text(display_name, node_profile)
         created = self._now()
         for _ in range(_ID_ATTEMPTS):
             tenant_id = new_tenant_id()
@@ -486,7 +304,7 @@ class SqliteStore:
                         " VALUES (?, ?, 'owner')",
                         (tenant.id, owner_user_id),
                     )
-            except _Constraint as exc:
+            except ConstraintViolation as exc:
                 if "tenants." in str(exc):
                     continue  # id (and so cr_name) collision: draw another
                 raise StoreError(f"create tenant failed: {exc}") from exc
@@ -547,6 +365,7 @@ class SqliteStore:
     # -- API keys -------------------------------------------------------------------------
 
     async def create_api_key(self, tenant_id: str, key_hash: str, label: str) -> ApiKey:
+        check_text(label)
         created = self._now()
         try:
             async with self._transaction() as db:
@@ -559,7 +378,7 @@ class SqliteStore:
                     "INSERT INTO api_keys (hash, tenant_id, label, created_at) VALUES (?, ?, ?, ?)",
                     (key_hash, tenant_id, label, format_ts(created)),
                 )
-        except _Constraint as exc:
+        except ConstraintViolation as exc:
             # A duplicate 256-bit hash or a malformed one: a caller bug, not a user error.
             raise StoreError(f"create api key failed: {exc}") from exc
         log.info("store.api_key_created", tenant_id=tenant_id, key_hash=key_hash)
@@ -626,11 +445,11 @@ class SqliteStore:
                     f"INSERT INTO refresh_tokens ({_RT_COLS}) VALUES (?, ?, ?, ?, ?, NULL, NULL)",
                     (token_hash, user_id, family_id, format_ts(expires_at), format_ts(created)),
                 )
-        except _Constraint as exc:
+        except ConstraintViolation as exc:
             if "FOREIGN KEY" in str(exc):
                 raise NotFound(f"user {user_id!r} does not exist") from exc
             raise StoreError(f"store refresh token failed: {exc}") from exc
-        return RefreshToken(token_hash, user_id, family_id, _round_ts(expires_at), created)
+        return RefreshToken(token_hash, user_id, family_id, round_ts(expires_at), created)
 
     async def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
         rows = await self._read(
@@ -677,7 +496,7 @@ class SqliteStore:
                         format_ts(now),
                     ),
                 )
-        except _Constraint as exc:
+        except ConstraintViolation as exc:
             raise StoreError(f"rotate refresh token failed: {exc}") from exc
         return True
 
@@ -701,11 +520,6 @@ class SqliteStore:
         if count:
             log.info("store.refresh_tokens_expired_deleted", tokens=count)
         return count
-
-
-def _round_ts(ts: datetime) -> datetime:
-    # What a read would return: the stored form has microsecond precision in UTC.
-    return parse_ts(format_ts(ts))
 
 
 async def _connect(path: Path, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
