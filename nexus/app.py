@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import structlog
 from kubernetes_asyncio import client as k8s_client
@@ -21,7 +23,23 @@ from nexus.runtime import Manager, ManagerOptions
 from nexus.runtime.healthz import parse_bind_address
 from nexus.runtime.informer import InformerOptions
 from nexus.runtime.logging import configure_logging
+from nexus.runtime.webhook import (
+    CertificateBundle,
+    WebhookServer,
+    WebhookServerOptions,
+    generate_self_signed,
+    has_pair,
+    inject_ca_bundle,
+    write_bundle,
+)
 from nexus.settings import ManagerSettings
+from nexus.webhooks.setup import (
+    MUTATING_CONFIGURATION,
+    VALIDATING_CONFIGURATION,
+    WebhookSettings,
+    setup_webhooks,
+)
+from nexus.webhooks.tenant import TenantDefaults
 
 log = structlog.get_logger("nexus")
 
@@ -142,6 +160,69 @@ async def add_api(mgr: Manager, settings: ManagerSettings) -> ApiServer | None:
     return server
 
 
+def add_webhooks(mgr: Manager, settings: ManagerSettings) -> WebhookServer | None:
+    """The admission webhooks on ``--webhook-bind-address`` (unless "0").
+
+    The serving pair comes from ``--webhook-cert-dir`` (a mounted Secret, reloaded when it
+    changes); when that folder holds a ``ca.crt`` too (cert-manager's Secrets do), the manager
+    publishes it into the caBundle of its webhook configurations, at start and on every
+    rotation. Without a pair there (a manager run outside the cluster), a self-signed one is
+    made for loopback and nothing is published.
+    """
+    if parse_bind_address(settings.webhook_bind_address) is None:
+        return None
+    cert_dir = settings.webhook_cert_dir
+    publish_ca = True
+    if not has_pair(cert_dir):
+        cert_dir = tempfile.mkdtemp(prefix="nexus-webhook-certs-")
+        hosts = ["127.0.0.1", "localhost", f"nexus-webhook-service.{settings.namespace}.svc"]
+        write_bundle(generate_self_signed(hosts, common_name="nexus-webhook"), cert_dir)
+        publish_ca = False
+        mgr.add(_Closing(_remover(cert_dir)))
+        log.warning(
+            "webhook.self_signed",
+            missing=settings.webhook_cert_dir,
+            hint="mount the webhook certificate Secret there for a cluster",
+        )
+    server = WebhookServer(
+        WebhookServerOptions(bind_address=settings.webhook_bind_address, cert_dir=cert_dir)
+    )
+    setup_webhooks(
+        server,
+        mgr,
+        WebhookSettings(
+            tenant_namespace=settings.namespace,
+            defaults=TenantDefaults(
+                max_agents=settings.default_max_agents,
+                cpu=settings.default_cpu,
+                memory=settings.default_memory,
+            ),
+        ),
+    )
+    if publish_ca:
+
+        async def publish(bundle: CertificateBundle) -> None:
+            if bundle.ca_pem:
+                await inject_ca_bundle(
+                    mgr.client,
+                    bundle.ca_pem,
+                    validating=[VALIDATING_CONFIGURATION],
+                    mutating=[MUTATING_CONFIGURATION],
+                )
+
+        server.on_certificate(publish)
+    mgr.add(server)
+    mgr.add_readyz_check("webhook", server.started_check)
+    return server
+
+
+def _remover(path: str) -> object:
+    async def remove() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    return remove
+
+
 async def run(settings: ManagerSettings) -> None:
     configure_logging(json=settings.log_format == "json", level=settings.log_level)
     if parse_bind_address(settings.api_bind_address) is not None:
@@ -150,6 +231,7 @@ async def run(settings: ManagerSettings) -> None:
     async with k8s_client.ApiClient(cfg) as api:
         mgr = build_manager(api, settings)
         await add_api(mgr, settings)
+        add_webhooks(mgr, settings)
         log.info(
             "nexus.starting", namespace=settings.namespace, node_endpoint=settings.node_endpoint
         )

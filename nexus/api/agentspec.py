@@ -72,6 +72,10 @@ NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # The providers the node builds; litellm and centinela only exist when the node has those extras,
 # but they are legitimate, so they are accepted. The node silently skips anything else.
 PROVIDERS = ("ollama", "openai", "openai_compat", "azure_openai", "litellm", "centinela")
+# `glyph` runs a `spec.program`; a node without the glyph extra runs a program-less glyph agent
+# as react (with a warning in its log) and refuses one with a program at deploy, which the
+# agent's status reports. Any other pattern with a program is refused here (below).
+GLYPH = "glyph"
 ORCHESTRATION_PATTERNS = (
     "react",
     "plan_and_execute",
@@ -79,6 +83,7 @@ ORCHESTRATION_PATTERNS = (
     "pipeline",
     "supervisor",
     "swarm",
+    GLYPH,
 )
 ROUTING_STRATEGIES = (
     "cost_optimized",
@@ -666,6 +671,8 @@ class _Validator:
         orchestration = self.mapping(spec, "orchestration", "spec.orchestration", required=False)
         if orchestration is not None:
             self.orchestration(orchestration)
+        if "program" in spec:
+            self.program(spec["program"], (orchestration or {}).get("pattern", "react"))
         if "tools" in spec:
             self.tools(spec["tools"])
 
@@ -775,6 +782,13 @@ class _Validator:
             value = orchestration["timeout_seconds"]
             if not (_is_number(value) and 1 <= value <= 300):
                 self.add(f"{path}.timeout_seconds", "must be a number between 1 and 300")
+
+    def program(self, program: object, pattern: object) -> None:
+        if not _non_empty_string(program):
+            self.add("spec.program", "must be a non-empty string (a Glyph program)")
+        if pattern != GLYPH and isinstance(pattern, str) and pattern in ORCHESTRATION_PATTERNS:
+            # The node refuses to deploy it: only the glyph pattern runs a program.
+            self.add("spec.program", f"needs spec.orchestration.pattern {_show(GLYPH)}")
 
     def tools(self, tools: object) -> None:
         if not isinstance(tools, list):

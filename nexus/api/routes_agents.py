@@ -50,6 +50,18 @@ NODE_MAX_TRACES = 100
 Object = dict[str, Any]
 
 
+def max_agents_exceeded(quota: object, alive: int) -> str | None:
+    """The maxAgents rule for one more agent in a tenant holding ``alive`` live agents (the
+    admission webhook applies the same rule to agents made with kubectl)."""
+    if quota is None or isinstance(quota, bool) or not isinstance(quota, int | str):
+        return None
+    try:
+        limit = int(quota)
+    except ValueError:
+        return None
+    return f"exceeded quota: maxAgents={quota}" if alive >= limit else None
+
+
 def _parse_and_validate(raw: bytes, mt: str) -> tuple[dict[str, Any], list[str]]:
     spec = parse_body(raw, mt)
     return spec, validate_agent(spec)
@@ -74,6 +86,23 @@ async def _spec_from_body(request: web.Request) -> dict[str, Any]:
     if errors:
         raise ApiProblem(400, errors=errors)
     return spec
+
+
+def _admission_problem(exc: ApiError) -> ApiProblem | ApiError:
+    """A write the cluster refused: invalid (422) or forbidden (403, an admission webhook's
+    quota or tenant check) keep their message; an unreachable admission webhook is a 503."""
+    if exc.invalid:
+        return ApiProblem(400, errors=[exc.message])
+    if exc.status == 403:
+        return ApiProblem(403, exc.message)
+    if exc.status >= 500:
+        log.warning("api.cluster_write_failed", status=exc.status, error=exc.message)
+        return ApiProblem(
+            503,
+            "the cluster could not accept the change; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    return exc
 
 
 def _path_name(request: web.Request) -> str:
@@ -122,10 +151,10 @@ async def create_agent(request: web.Request) -> web.Response:
     ns = tenant.cr_name
     cr = c.cache.get(TENANTS, ns, c.settings.namespace)
     quota = (((cr or {}).get("spec") or {}).get("resourceQuota") or {}).get("maxAgents")
-    if quota is not None:
-        alive = [a for a in c.cache.list(AGENTS, ns) if not is_being_deleted(a)]
-        if len(alive) >= int(quota):
-            raise ApiProblem(403, f"exceeded quota: maxAgents={quota}")
+    alive = [a for a in c.cache.list(AGENTS, ns) if not is_being_deleted(a)]
+    over = max_agents_exceeded(quota, len(alive))
+    if over:
+        raise ApiProblem(403, over)
     body = {
         "metadata": {"name": name, "namespace": ns},
         "spec": {"agentSpec": spec},
@@ -141,9 +170,7 @@ async def create_agent(request: web.Request) -> web.Response:
                 "the tenant is still being provisioned; retry shortly",
                 headers={"Retry-After": "2"},
             ) from None
-        if exc.invalid:
-            raise ApiProblem(400, errors=[exc.message]) from None
-        raise
+        raise _admission_problem(exc) from None
     log.info("api.agent_created", agent=name, namespace=ns)
     return json_out(_summary(created), status=201)
 
@@ -220,7 +247,7 @@ async def update_agent(request: web.Request) -> web.Response:
     except ApiError as exc:
         if exc.not_found:
             raise ApiProblem(404, f"agent {name} not found") from None
-        raise
+        raise _admission_problem(exc) from None
     return json_out(_summary(updated))
 
 

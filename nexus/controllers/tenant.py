@@ -49,6 +49,15 @@ class TenantSettings:
     deletion_poll: float = 2.0
 
 
+def reserved_name_problem(name: str, tenant_namespace: str) -> str | None:
+    """Why ``name`` cannot be a tenant (its namespace), or None; shared with the webhook."""
+    if name in ("default", tenant_namespace, "nexus-system") or name.startswith("kube-"):
+        return f"tenant name {name!r} is a system namespace; choose another name"
+    if not _DNS_LABEL.match(name):
+        return f"tenant name {name!r} is not a valid namespace name (RFC 1123 label)"
+    return None
+
+
 class ReservedNameError(Exception):
     """The tenant's name is a namespace Nexus must never own."""
 
@@ -89,12 +98,7 @@ class NexusTenantReconciler:
     # -- provisioning -------------------------------------------------------------------------
 
     def _reserved(self, tenant: Object) -> str | None:
-        name = tenant["metadata"]["name"]
-        if name in ("default", self.settings.namespace, "nexus-system") or name.startswith("kube-"):
-            return f"tenant name {name!r} is a system namespace; choose another name"
-        if not _DNS_LABEL.match(name):
-            return f"tenant name {name!r} is not a valid namespace name (RFC 1123 label)"
-        return None
+        return reserved_name_problem(tenant["metadata"]["name"], self.settings.namespace)
 
     async def _provision(self, tenant: Object) -> Result:
         meta = tenant["metadata"]

@@ -68,8 +68,9 @@ def test_kustomize_renders_the_whole_install() -> None:
     assert kinds == sorted(
         [
             "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-            "CustomResourceDefinition", "Deployment", "Namespace", "PersistentVolumeClaim",
-            "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
+            "CustomResourceDefinition", "Deployment", "MutatingWebhookConfiguration",
+            "Namespace", "PersistentVolumeClaim", "Role", "RoleBinding", "Service", "Service",
+            "Service", "ServiceAccount", "ValidatingWebhookConfiguration",
         ]
     )  # fmt: skip
     dep = next(d for d in docs if d["kind"] == "Deployment")
@@ -78,7 +79,7 @@ def test_kustomize_renders_the_whole_install() -> None:
     pod = dep["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     c = pod["containers"][0]
-    assert sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081, 9090]
+    assert sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081, 9090, 9443]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -86,8 +87,44 @@ def test_kustomize_renders_the_whole_install() -> None:
     assert jwt["valueFrom"]["secretKeyRef"]["name"] == "nexus-jwt"
     assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
     assert "--leader-elect" in c["args"]
+    _check_webhook_wiring(docs, pod, c)
     samples = render("samples")
     assert {d["kind"] for d in samples} == {"NexusTenant", "NexusAgent"}
+
+
+def _check_webhook_wiring(
+    docs: list[dict[str, Any]], pod: dict[str, Any], c: dict[str, Any]
+) -> None:
+    """Service -> manager's webhook-server port; certificate Secret mounted where the manager
+    reads it; every webhook path is one the manager serves; validation fails closed."""
+    from nexus.runtime.webhook.server import DEFAULT_CERT_DIR
+    from nexus.webhooks.setup import (
+        AGENT_VALIDATE_PATH,
+        MUTATING_CONFIGURATION,
+        TENANT_MUTATE_PATH,
+        TENANT_VALIDATE_PATH,
+        VALIDATING_CONFIGURATION,
+    )
+
+    svc = next(d for d in docs if d["kind"] == "Service" and "webhook" in d["metadata"]["name"])
+    assert svc["spec"]["ports"][0]["targetPort"] == "webhook-server"
+    assert any(p.get("name") == "webhook-server" for p in c["ports"])
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == DEFAULT_CERT_DIR)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "nexus-webhook-server-cert"
+    configs = {d["metadata"]["name"]: d for d in docs if d["kind"].endswith("WebhookConfiguration")}
+    assert set(configs) == {VALIDATING_CONFIGURATION, MUTATING_CONFIGURATION}
+    paths = set()
+    for cfg in configs.values():
+        for hook in cfg["webhooks"]:
+            ref = hook["clientConfig"]["service"]
+            assert (ref["name"], ref["namespace"]) == (svc["metadata"]["name"], "nexus-system")
+            assert hook["failurePolicy"] == "Fail"
+            excluded = hook["namespaceSelector"]["matchExpressions"][0]
+            assert excluded["operator"] == "NotIn" and "kube-system" in excluded["values"]
+            paths.add(ref["path"])
+    assert paths == {AGENT_VALIDATE_PATH, TENANT_VALIDATE_PATH, TENANT_MUTATE_PATH}
+    assert {d["kind"] for d in render("certmanager")} == {"Issuer", "Certificate"}
 
 
 async def test_server_side_dry_run_accepts_every_object(envtest: Environment, kube: Client) -> None:
@@ -100,7 +137,7 @@ async def test_server_side_dry_run_accepts_every_object(envtest: Environment, ku
         stdin=rendered,
     )  # fmt: skip
     assert "deployment.apps/nexus-controller-manager serverside-applied (server dry run)" in out
-    assert out.count("(server dry run)") == 12
+    assert out.count("(server dry run)") == 15
 
 
 @pytest.fixture
@@ -168,3 +205,50 @@ async def test_controllers_work_under_the_rendered_cluster_role(
         finally:
             await mgr.stop()
         assert forbidden_responses() == before, "the manager hit 403: the ClusterRole is short"
+
+
+async def test_the_cluster_role_lets_the_manager_publish_its_ca_and_nothing_more(
+    envtest: Environment, kube: Client
+) -> None:
+    from nexus.runtime.webhook import generate_self_signed, inject_ca_bundle
+    from nexus.runtime.webhook.configurations import (
+        VALIDATING,
+        apply_configurations,
+        delete_configurations,
+        load_configurations,
+    )
+    from nexus.webhooks.setup import MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION
+
+    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
+        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
+    await kubectl(envtest, "apply", "-k", "config/rbac")
+    docs = load_configurations([ROOT / "config" / "webhook"])
+    for doc in docs:
+        for hook in doc["webhooks"]:
+            # Installed for real, so that it must select nothing: no write of this session
+            # may meet a webhook nobody serves.
+            hook["objectSelector"] = {"matchLabels": {"nexus-test/never": "true"}}
+    other = {**docs[-1], "metadata": {"name": "someone-elses-webhooks"}}
+    await apply_configurations(kube, [*docs, other])
+    ca = generate_self_signed(["127.0.0.1"]).ca_pem
+    assert ca is not None
+    try:
+        cfg = await envtest.client_configuration()
+        async with k8s_client.ApiClient(cfg) as api:
+            api.set_default_header("Impersonate-User", SA_USER)
+            sa = Client(api)
+            try:
+                changed = await inject_ca_bundle(
+                    sa, ca, validating=[VALIDATING_CONFIGURATION], mutating=[MUTATING_CONFIGURATION]
+                )
+                assert sorted(changed) == sorted([VALIDATING_CONFIGURATION, MUTATING_CONFIGURATION])
+                # Idempotent: the same CA again writes nothing.
+                assert await inject_ca_bundle(sa, ca, validating=[VALIDATING_CONFIGURATION]) == []
+                with pytest.raises(Exception, match="403"):
+                    await inject_ca_bundle(sa, ca, validating=["someone-elses-webhooks"])
+            finally:
+                await sa.close()
+        stored = await kube.get(VALIDATING, VALIDATING_CONFIGURATION)
+        assert all(h["clientConfig"]["caBundle"] for h in stored["webhooks"])
+    finally:
+        await delete_configurations(kube, [*docs, other])
