@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,20 +99,9 @@ class AdmissionResponse:
     causes: tuple[dict[str, str], ...] = ()
     warnings: tuple[str, ...] = ()
     patch: tuple[Object, ...] = ()
-
-    def with_warnings(self, warnings: Iterable[str]) -> AdmissionResponse:
-        extra = tuple(warnings)
-        if not extra:
-            return self
-        return AdmissionResponse(
-            self.allowed,
-            self.code,
-            self.reason,
-            self.message,
-            self.causes,
-            (*self.warnings, *extra),
-            self.patch,
-        )
+    #: ``status.details`` besides the causes: ``group``, ``kind``, ``name`` of the object, with
+    #: which kubectl prints ``The <kind> "<name>" is invalid:`` and one line per cause.
+    details: tuple[tuple[str, str], ...] = ()
 
     def to_review(self, uid: str) -> Object:
         """The AdmissionReview the API server expects back for request ``uid``."""
@@ -123,8 +112,11 @@ class AdmissionResponse:
                 status["reason"] = self.reason
             if self.message:
                 status["message"] = self.message
+            details: Object = dict(self.details)
             if self.causes:
-                status["details"] = {"causes": list(self.causes)}
+                details["causes"] = list(self.causes)
+            if details:
+                status["details"] = details
             response["status"] = status
         if self.warnings:
             response["warnings"] = [_clip(w) for w in self.warnings]
@@ -153,10 +145,20 @@ def denied(
     reason: str = "Forbidden",
     causes: Sequence[dict[str, str]] = (),
     warnings: Sequence[str] = (),
+    details: dict[str, str] | None = None,
 ) -> AdmissionResponse:
     """A refusal; the API server answers the client with ``code`` and
-    ``admission webhook "<name>" denied the request: <message>``."""
-    return AdmissionResponse(False, code, reason, message, tuple(causes), tuple(warnings))
+    ``admission webhook "<name>" denied the request: <message>``, plus ``causes``/``details``
+    (kubectl prints a 422's causes one per line instead of the message)."""
+    return AdmissionResponse(
+        False,
+        code,
+        reason,
+        message,
+        tuple(causes),
+        tuple(warnings),
+        details=tuple((details or {}).items()),
+    )
 
 
 def errored(code: int, message: str) -> AdmissionResponse:

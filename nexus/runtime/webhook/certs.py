@@ -175,7 +175,8 @@ class CertWatcher:
     previous one is kept until a good pair appears. The files are polled (inode, size and
     modification time, through symlinks), which also sees a Secret volume's atomic ``..data``
     swap. Reading and parsing happen off the event loop. Callbacks registered with
-    :meth:`on_change` run after each successful load, the first one included.
+    :meth:`on_change` run on each successful load (the first one included), before the new
+    pair is served.
     """
 
     def __init__(
@@ -229,6 +230,13 @@ class CertWatcher:
     async def _apply(
         self, ctx: ssl.SSLContext, bundle: CertificateBundle, fingerprint: Fingerprint
     ) -> None:
+        # Callbacks first: a new CA is published (next to the old one) before the new pair is
+        # served, which keeps the window in which a client trusts neither as short as can be.
+        for callback in self._callbacks:
+            try:
+                await callback(bundle)
+            except Exception as exc:
+                log.warning("webhook.certificate_callback_failed", error=str(exc))
         self.context, self.bundle, self._fingerprint = ctx, bundle, fingerprint
         self.loads += 1
         log.info(
@@ -236,11 +244,6 @@ class CertWatcher:
             directory=str(self.directory),
             expires=certificate_expires(bundle.cert_pem).isoformat(),
         )
-        for callback in self._callbacks:
-            try:
-                await callback(bundle)
-            except Exception as exc:
-                log.warning("webhook.certificate_callback_failed", error=str(exc))
 
     async def poll_once(self) -> bool:
         """Reload if the files changed since the last load; True if a new pair was loaded."""

@@ -56,14 +56,19 @@ async def inject_ca_bundle(
     validating: Sequence[str] = (),
     mutating: Sequence[str] = (),
 ) -> list[str]:
-    """Set ``caBundle`` on every webhook of the named configurations; returns those changed.
+    """Put ``ca_pem`` first in the ``caBundle`` of every webhook of the named configurations,
+    keeping the CA that was first there before (a rotation: connections made with the old
+    pair stay trusted until the new one is served); returns the configurations changed.
 
-    A configuration that does not exist (not installed yet) is skipped; one that already
-    carries this CA is not written. Each write is a JSON patch that first tests the webhook
-    names at the indices it patches, so a concurrent edit of the list fails rather than
-    putting the CA on the wrong entry. Needs ``get`` and ``patch`` on those configurations.
+    A configuration that does not exist (not installed yet) is skipped; a webhook whose bundle
+    already starts with this CA is not written. Each write is a JSON patch that first tests
+    the webhook names at the indices it patches, so a concurrent edit of the list fails rather
+    than putting the CA on the wrong entry. Needs ``get`` and ``patch`` on those
+    configurations.
     """
-    bundle = base64.b64encode(ca_pem).decode()
+    new = _certificates(ca_pem)
+    if not new:
+        raise ValueError("ca_pem holds no PEM certificate")
     changed: list[str] = []
     for res, names in ((VALIDATING, validating), (MUTATING, mutating)):
         for name in names:
@@ -73,8 +78,15 @@ async def inject_ca_bundle(
                 continue
             ops: list[Object] = []
             for i, hook in enumerate(current.get("webhooks") or []):
-                if (hook.get("clientConfig") or {}).get("caBundle") == bundle:
+                raw = (hook.get("clientConfig") or {}).get("caBundle") or ""
+                try:
+                    old = _certificates(base64.b64decode(raw))
+                except ValueError:
+                    old = []
+                if old[: len(new)] == new:
                     continue
+                kept = [c for c in old[:1] if c not in new]
+                bundle = base64.b64encode(b"".join(new + kept)).decode()
                 ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": hook["name"]})
                 ops.append(
                     {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
@@ -84,6 +96,19 @@ async def inject_ca_bundle(
                 changed.append(name)
                 log.info("webhook.ca_injected", configuration=name, kind=res.kind)
     return changed
+
+
+_PEM_END = b"-----END CERTIFICATE-----"
+
+
+def _certificates(pem: bytes) -> list[bytes]:
+    """The PEM certificate blocks of a bundle, normalised (one trailing newline each)."""
+    out = []
+    for block in pem.split(_PEM_END)[:-1]:
+        start = block.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            out.append(block[start:].strip() + b"\n" + _PEM_END + b"\n")
+    return out
 
 
 def load_configurations(paths: Iterable[str | os.PathLike[str]]) -> list[Object]:

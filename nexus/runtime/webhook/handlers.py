@@ -36,39 +36,63 @@ class Handler(Protocol):
     async def handle(self, request: AdmissionRequest) -> AdmissionResponse: ...
 
 
+Problem = str | tuple[str, str]
+
+
 class Denied(Exception):
     """Refuse the request with every problem at once.
 
-    ``problems`` become one message joined with ``"; "`` (kubectl prints it after
-    ``admission webhook "<name>" denied the request:``) and, each on its own, the status
-    causes. ``code``/``reason`` default to 422 Invalid, as for a Kubernetes validation error;
-    use 403 Forbidden for policy refusals such as quotas.
+    Each problem is a message, or a ``(field, message)`` pair; a plain message is about
+    ``field``. The messages become one status message joined with ``"; "`` (kubectl prints a
+    403 as ``admission webhook "<name>" denied the request: <message>``) and one status cause
+    each (kubectl prints a 422 as ``The <Kind> "<name>" is invalid:`` and a ``field: message``
+    line per cause). ``code``/``reason`` default to 422 Invalid, as for a Kubernetes
+    validation error; use 403 Forbidden for policy refusals such as quotas.
     """
 
     def __init__(
         self,
-        problems: Sequence[str],
+        problems: Sequence[Problem],
         *,
         code: int = 422,
         reason: str = "Invalid",
         field: str = "",
         warnings: Sequence[str] = (),
     ) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = list(problems)
+        pairs = [p if isinstance(p, tuple) else (field, p) for p in problems]
+        super().__init__("; ".join(message for _, message in pairs))
+        self.problems = [message for _, message in pairs]
+        self.fields = [f for f, _ in pairs]
         self.code = code
         self.reason = reason
-        self.field = field
         self.warnings = list(warnings)
 
-    def response(self) -> AdmissionResponse:
+    def response(self, request: AdmissionRequest | None = None) -> AdmissionResponse:
         cause_type = "FieldValueInvalid" if self.code == 422 else "FieldValueForbidden"
         causes = [
-            {"type": cause_type, "message": p, **({"field": self.field} if self.field else {})}
-            for p in self.problems
+            {"type": cause_type, "message": p, **({"field": f} if f else {})}
+            for f, p in zip(self.fields, self.problems, strict=True)
         ]
+        details: dict[str, str] = {}
+        if request is not None:
+            obj = request.object or request.old_object or {}
+            name = request.name or (obj.get("metadata") or {}).get("name") or ""
+            details = {
+                k: v
+                for k, v in (
+                    ("group", request.kind.get("group", "")),
+                    ("kind", request.kind.get("kind", "")),
+                    ("name", name),
+                )
+                if v
+            }
         return denied(
-            str(self), code=self.code, reason=self.reason, causes=causes, warnings=self.warnings
+            str(self),
+            code=self.code,
+            reason=self.reason,
+            causes=causes,
+            warnings=self.warnings,
+            details=details,
         )
 
 
@@ -125,7 +149,7 @@ class _Validating:
             else:
                 return errored(400, f"{request.operation} request without the object to check")
         except Denied as exc:
-            return exc.response()
+            return exc.response(request)
         except Exception as exc:
             log.exception("webhook.validator_failed", uid=request.uid, operation=request.operation)
             return errored(500, f"the validating webhook failed: {type(exc).__name__}")
@@ -145,7 +169,7 @@ class _Defaulting:
         try:
             warnings = await self.defaulter.default(request, mutated)
         except Denied as exc:
-            return exc.response()
+            return exc.response(request)
         except Exception as exc:
             log.exception("webhook.defaulter_failed", uid=request.uid, operation=request.operation)
             return errored(500, f"the defaulting webhook failed: {type(exc).__name__}")
