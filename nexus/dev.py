@@ -148,6 +148,7 @@ async def run(
     node_port: int,
     probe_port: int = 8081,
     metrics_port: int = 9090,
+    *,
     webhook_port: int = 9443,
 ) -> None:
     data.mkdir(parents=True, exist_ok=True)
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.node_port,
                 args.probe_port,
                 args.metrics_port,
-                args.webhook_port,
+                webhook_port=args.webhook_port,
             )
         )
     except KeyboardInterrupt:
