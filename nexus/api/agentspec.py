@@ -776,7 +776,10 @@ class _Validator:
         self.choice(orchestration, "pattern", f"{path}.pattern", ORCHESTRATION_PATTERNS)
         if "max_iterations" in orchestration:
             value = orchestration["max_iterations"]
-            if not (_is_number(value) and isinstance(value, int) and 1 <= value <= 100):
+            # 5.0 counts as 5: JSON does not tell them apart (nor does JSON Schema's
+            # "integer"), and Kubernetes stores it as 5, which is what the node then reads.
+            integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if not (_is_number(value) and integral and 1 <= value <= 100):
                 self.add(f"{path}.max_iterations", "must be an integer between 1 and 100")
         if "timeout_seconds" in orchestration:
             value = orchestration["timeout_seconds"]

@@ -131,24 +131,37 @@ PRINCIPAL = web.AppKey("nexus.api.principal", Principal)
 
 
 async def authenticate(request: web.Request) -> Principal:
-    """Bearer JWT first; then ``X-API-Key`` (or ``Bearer nxk_...``); else 401."""
+    """A Bearer JWT, or an API key (``X-API-Key`` or ``Bearer nxk_...``); else 401.
+
+    Every credential presented must be valid: an invalid one is a 401 even when another one
+    in the same request is good (a client sending a stale token must find out). With a valid
+    access token and a valid key, the call acts as the user.
+    """
     c = ctx(request)
-    header = request.headers.get("Authorization", "")
-    bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+    header = request.headers.get("Authorization")
+    bearer = header[7:].strip() if header and header[:7].lower() == "bearer " else None
+    if header is not None and not bearer:
+        raise ApiProblem(401, "missing or invalid credentials")
+    keys = [k for k in (request.headers.get("X-API-Key"),) if k is not None]
+    if bearer and looks_like_api_key(bearer):
+        keys.append(bearer)
     try:
+        user = None
         if bearer and not looks_like_api_key(bearer):
             user = await _user_from_token(c, bearer)
-            if user is not None:
-                return Principal(user=user)
-        raw_key = request.headers.get("X-API-Key") or (
-            bearer if bearer and looks_like_api_key(bearer) else None
-        )
-        if raw_key:
-            resolved = await _resolve_key(c, hash_secret(raw_key))
-            if resolved is not None:
-                return Principal(key=resolved[0], key_tenant=resolved[1])
+            if user is None:
+                raise ApiProblem(401, "missing or invalid credentials")
+        resolved = None
+        for raw_key in keys:
+            resolved = await _resolve_key(c, hash_secret(raw_key)) if raw_key else None
+            if resolved is None:
+                raise ApiProblem(401, "missing or invalid credentials")
     except StoreError:
         raise ApiProblem(503, "the credential store is unavailable") from None
+    if user is not None:
+        return Principal(user=user)
+    if resolved is not None:
+        return Principal(key=resolved[0], key_tenant=resolved[1])
     raise ApiProblem(401, "missing or invalid credentials")
 
 
@@ -208,7 +221,7 @@ async def acting_tenant(request: web.Request) -> Tenant:
     p = principal(request)
     asked = request.headers.get("X-Tenant-ID")
     if p.key_tenant is not None:
-        if asked and asked != p.key_tenant.id:
+        if asked is not None and asked != p.key_tenant.id:
             raise ApiProblem(403, "an API key cannot act in another tenant")
         return p.key_tenant
     if not asked:

@@ -232,7 +232,8 @@ async def update_agent(request: web.Request) -> web.Response:
     name = _path_name(request)
     spec = await _spec_from_body(request)
     if agent_name(spec) != name:
-        raise ApiProblem(400, errors=[f"metadata.name must be {name!r} (the name in the path)"])
+        # A valid spec for another agent: it conflicts with the agent addressed (409, not 400).
+        raise ApiProblem(409, f"metadata.name must be {name!r} (the name in the path)")
     await _agent(request, tenant, name)
     c = ctx(request)
     try:

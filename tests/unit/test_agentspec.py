@@ -287,7 +287,7 @@ SINGLE_VIOLATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
             _set("spec.orchestration.max_iterations", value),
             "spec.orchestration.max_iterations must be an integer between 1 and 100",
         )
-        for value in (0, 101, True, 5.0, "10", None)
+        for value in (0, 101, True, 5.5, "10", None)
     ],
     *[
         (
@@ -375,6 +375,7 @@ VALID_VARIANTS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         ),
     ),
     ("max_iterations 1", _set("spec.orchestration.max_iterations", 1)),
+    ("max_iterations 5.0 is 5", _set("spec.orchestration.max_iterations", 5.0)),
     ("timeout 1", _set("spec.orchestration.timeout_seconds", 1)),
     ("temperature 0", _set("spec.model.primary.parameters", {"temperature": 0, "top_p": 1})),
     ("temperature 2", _set("spec.model.primary.temperature", 2.0)),
