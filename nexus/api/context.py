@@ -131,37 +131,30 @@ PRINCIPAL = web.AppKey("nexus.api.principal", Principal)
 
 
 async def authenticate(request: web.Request) -> Principal:
-    """A Bearer JWT, or an API key (``X-API-Key`` or ``Bearer nxk_...``); else 401.
+    """Bearer JWT first; then ``X-API-Key`` (or ``Bearer nxk_...``); else 401.
 
-    Every credential presented must be valid: an invalid one is a 401 even when another one
-    in the same request is good (a client sending a stale token must find out). With a valid
-    access token and a valid key, the call acts as the user.
+    An unusable Bearer token falls through to the API key (a client with a stale token and a
+    good key is served through the key); an ``X-API-Key`` that is sent must be valid, even next
+    to a valid token, or the request is refused.
     """
     c = ctx(request)
-    header = request.headers.get("Authorization")
-    bearer = header[7:].strip() if header and header[:7].lower() == "bearer " else None
-    if header is not None and not bearer:
-        raise ApiProblem(401, "missing or invalid credentials")
-    keys = [k for k in (request.headers.get("X-API-Key"),) if k is not None]
-    if bearer and looks_like_api_key(bearer):
-        keys.append(bearer)
+    header = request.headers.get("Authorization", "")
+    bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+    sent_key = request.headers.get("X-API-Key")
     try:
-        user = None
+        if sent_key is not None and await _resolve_key(c, hash_secret(sent_key)) is None:
+            raise ApiProblem(401, "missing or invalid credentials")
         if bearer and not looks_like_api_key(bearer):
             user = await _user_from_token(c, bearer)
-            if user is None:
-                raise ApiProblem(401, "missing or invalid credentials")
-        resolved = None
-        for raw_key in keys:
-            resolved = await _resolve_key(c, hash_secret(raw_key)) if raw_key else None
-            if resolved is None:
-                raise ApiProblem(401, "missing or invalid credentials")
+            if user is not None:
+                return Principal(user=user)
+        raw_key = sent_key or (bearer if bearer and looks_like_api_key(bearer) else None)
+        if raw_key:
+            resolved = await _resolve_key(c, hash_secret(raw_key))
+            if resolved is not None:
+                return Principal(key=resolved[0], key_tenant=resolved[1])
     except StoreError:
         raise ApiProblem(503, "the credential store is unavailable") from None
-    if user is not None:
-        return Principal(user=user)
-    if resolved is not None:
-        return Principal(key=resolved[0], key_tenant=resolved[1])
     raise ApiProblem(401, "missing or invalid credentials")
 
 

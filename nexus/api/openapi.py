@@ -177,9 +177,9 @@ def build_openapi() -> dict[str, Any]:
         if secured and path.startswith("/api/v1/agents"):
             # A user acts in one of its tenants, named by X-Tenant-ID (400 without it); an API
             # key acts in its own tenant (X-Tenant-ID, if sent, must name it: else 403).
-            op["security"] = [{"bearerAuth": [], "tenantId": []}, {"apiKey": []}]
+            op["security"] = [{"apiKey": []}, {"bearerAuth": [], "tenantId": []}]
         elif secured:
-            op["security"] = [{"bearerAuth": []}, {"apiKey": []}]
+            op["security"] = [{"apiKey": []}, {"bearerAuth": []}]
         if (method, path) in _LINKS:
             for code, links in _LINKS[(method, path)].items():
                 op["responses"][str(code)]["links"] = links
