@@ -90,7 +90,12 @@ class AdmissionRequest:
 @dataclass(frozen=True)
 class AdmissionResponse:
     """The answer to one request; build it with :func:`allowed`, :func:`denied`,
-    :func:`errored` or :func:`patched` rather than by hand."""
+    :func:`errored` or :func:`patched` rather than by hand.
+
+    Guarantees of :meth:`to_review`: a refusal always carries a status with a code; a patch is
+    sent only with an allowed answer; each warning is one line of at most
+    ``MAX_WARNING_CHARS`` characters (they travel as HTTP ``Warning`` headers).
+    """
 
     allowed: bool
     code: int = 200

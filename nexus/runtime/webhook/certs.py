@@ -2,8 +2,8 @@
 reloads a cert-manager style directory (``tls.crt``, ``tls.key``, optional ``ca.crt``) when
 its files change, so a rotated certificate is served without a restart.
 
-``python -m nexus.runtime.webhook.certs --host SVC.NS.svc --out DIR`` writes a CA and a
-serving pair for a hand-made Secret (``kubectl create secret generic NAME --from-file=DIR``).
+``python -m nexus.runtime.webhook --host SVC.NS.svc --out DIR`` writes a CA and a serving
+pair for a hand-made Secret (``kubectl create secret generic NAME --from-file=DIR``).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ class CertWatcher:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nexus.runtime.webhook.certs",
+        prog="python -m nexus.runtime.webhook",
         description="Write a self-signed CA and a serving certificate (tls.crt, tls.key, ca.crt).",
     )
     parser.add_argument("--host", action="append", required=True, help="DNS name or IP (repeat)")
@@ -293,6 +293,3 @@ def main(argv: list[str] | None = None) -> int:
     print(write_bundle(bundle, args.out))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
