@@ -292,4 +292,3 @@ def main(argv: list[str] | None = None) -> int:
     bundle = generate_self_signed(args.host, valid_for=dt.timedelta(days=args.days))
     print(write_bundle(bundle, args.out))
     return 0
-
