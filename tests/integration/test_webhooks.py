@@ -66,6 +66,12 @@ def bad_spec(name: str) -> dict[str, Any]:
     )
 
 
+def observed(obj: dict[str, Any]) -> bool:
+    return bool(
+        (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]
+    )
+
+
 def agent_manifest(name: str, namespace: str, agent_spec: dict[str, Any]) -> str:
     return yaml.safe_dump(
         {
@@ -320,7 +326,9 @@ async def test_tenant_and_quota_rules(nexus: Nexus, kube: Client, namespace: str
         "-p", json.dumps({"spec": {"resourceQuota": {"maxAgents": alive}}}),
     )  # fmt: skip
     assert lowered.code == 0, lowered.err
-    await asyncio.sleep(0.5)  # the API's own check reads the tenant from its cache
+    # The API's own check reads the tenant from the manager's cache; once the reconciler has
+    # seen this generation, so has the cache.
+    await wait_for(kube, TENANTS, nexus.tenant_ns, SYSTEM_NS, observed, timeout=30)
     status, body, _ = await nexus.api("POST", "/api/v1/agents", spec("one-too-many"))
     assert (status, body) == (403, {"error": f"exceeded quota: maxAgents={alive}"})
     out = await nexus.apply(agent_manifest("one-too-many", nexus.tenant_ns, spec("one-too-many")))
