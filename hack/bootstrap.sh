@@ -41,6 +41,14 @@ deploy() {
       --from-literal=secret="$(openssl rand -base64 48 | tr -d '\n')"
   fi
   tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' RETURN
+  if ! kubectl -n nexus-system get secret nexus-webhook-server-cert >/dev/null 2>&1; then
+    # A self-signed CA and serving pair; the manager writes the CA into its webhook
+    # configurations when it starts (cert-manager users: see config/certmanager).
+    "${PYTHON:-.venv/bin/python}" -m nexus.runtime.webhook \
+      --host nexus-webhook-service.nexus-system.svc --out "$tmp/webhook-certs" >/dev/null
+    kubectl -n nexus-system create secret generic nexus-webhook-server-cert \
+      --from-file="$tmp/webhook-certs"
+  fi
   cp -r config "$tmp/"
   (cd "$tmp/config/manager" && kubectl kustomize . >/dev/null)  # validate
   kubectl kustomize config/default \

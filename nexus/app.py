@@ -1,4 +1,5 @@
-"""``nexus manager``: the controllers (and, when enabled, the REST API) in one process.
+"""``nexus manager``: the controllers (and, when enabled, the REST API and the admission
+webhooks) in one process.
 
 The composition root: every dependency the parts share (the manager's cache and client, the
 node client) is built here, once, and ``ManagerSettings`` is mapped here onto the settings of
@@ -8,6 +9,8 @@ each part, which have no defaults of their own.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -29,7 +32,22 @@ from nexus.runtime import Manager, ManagerOptions
 from nexus.runtime.healthz import parse_bind_address
 from nexus.runtime.informer import InformerOptions
 from nexus.runtime.logging import configure_logging
+from nexus.runtime.webhook import (
+    CertificateBundle,
+    WebhookServer,
+    WebhookServerOptions,
+    generate_self_signed,
+    has_pair,
+    inject_ca_bundle,
+    write_bundle,
+)
 from nexus.settings import ManagerSettings
+from nexus.webhooks.setup import (
+    MUTATING_CONFIGURATION,
+    VALIDATING_CONFIGURATION,
+    WebhookSettings,
+    setup_webhooks,
+)
 
 log = structlog.get_logger("nexus")
 
@@ -111,6 +129,16 @@ def api_settings(s: ManagerSettings) -> ApiSettings:
     return ApiSettings(system_namespace=s.namespace, tenant_quota=tenant_quota(s))
 
 
+def webhook_settings(s: ManagerSettings) -> WebhookSettings:
+    # The defaulter fills kubectl-made tenants with what the REST API gives its own.
+    return WebhookSettings(system_namespace=s.namespace, tenant_quota=tenant_quota(s))
+
+
+def webhook_serving_hosts(s: ManagerSettings) -> list[str]:
+    """The names a self-signed webhook certificate is made for: loopback and the Service."""
+    return ["127.0.0.1", "localhost", f"nexus-webhook-service.{s.namespace}.svc"]
+
+
 # -- the parts ----------------------------------------------------------------------------------
 
 
@@ -131,7 +159,7 @@ class _Closing:
 
 class Nexus:
     """The manager with the controllers, the node client they share with the REST API, and
-    (after :meth:`add_api`) the REST API."""
+    (after :meth:`add_api` and :meth:`add_webhooks`) the REST API and the admission webhooks."""
 
     def __init__(self, api: k8s_client.ApiClient, settings: ManagerSettings) -> None:
         self.settings = settings
@@ -146,6 +174,7 @@ class Nexus:
             self.manager, self.node, controller_settings(settings)
         )
         self.api: ApiServer | None = None
+        self.webhooks: WebhookServer | None = None
 
     async def add_api(self) -> ApiServer | None:
         """The REST API on ``--api-bind-address`` (unless "0"), with its store (``--database``)."""
@@ -176,6 +205,61 @@ class Nexus:
         mgr.add(self.api)
         return self.api
 
+    def add_webhooks(self) -> WebhookServer | None:
+        """The admission webhooks on ``--webhook-bind-address`` (unless "0").
+
+        The serving pair comes from ``--webhook-cert-dir`` (a mounted Secret, reloaded when it
+        changes); when that folder holds a ``ca.crt`` too (cert-manager's Secrets do), the
+        manager publishes it into the caBundle of its webhook configurations, at start and on
+        every rotation. Without a pair there (a manager run outside the cluster), a self-signed
+        one is made for loopback and nothing is published.
+        """
+        s = self.settings
+        if parse_bind_address(s.webhook_bind_address) is None:
+            return None
+        mgr = self.manager
+        cert_dir = s.webhook_cert_dir
+        publish_ca = has_pair(cert_dir)
+        if not publish_ca:
+            cert_dir = tempfile.mkdtemp(prefix="nexus-webhook-certs-")
+            write_bundle(
+                generate_self_signed(webhook_serving_hosts(s), common_name="nexus-webhook"),
+                cert_dir,
+            )
+            mgr.add(_Closing(_remover(cert_dir)))
+            log.warning(
+                "webhook.self_signed",
+                missing=s.webhook_cert_dir,
+                hint="mount the webhook certificate Secret there for a cluster",
+            )
+        server = WebhookServer(
+            WebhookServerOptions(bind_address=s.webhook_bind_address, cert_dir=cert_dir)
+        )
+        setup_webhooks(server, mgr, webhook_settings(s))
+        if publish_ca:
+
+            async def publish(bundle: CertificateBundle) -> None:
+                if bundle.ca_pem:
+                    await inject_ca_bundle(
+                        mgr.client,
+                        bundle.ca_pem,
+                        validating=[VALIDATING_CONFIGURATION],
+                        mutating=[MUTATING_CONFIGURATION],
+                    )
+
+            server.on_certificate(publish)
+        mgr.add(server)
+        mgr.add_readyz_check("webhook", server.started_check)
+        self.webhooks = server
+        return server
+
+
+def _remover(path: str) -> Callable[[], Awaitable[None]]:
+    async def remove() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    return remove
+
 
 def build_manager(api: k8s_client.ApiClient, s: ManagerSettings) -> Manager:
     """The manager with the controllers only (no REST API)."""
@@ -204,6 +288,7 @@ async def run(settings: ManagerSettings) -> None:
     async with k8s_client.ApiClient(cfg) as api:
         nexus = Nexus(api, settings)
         await nexus.add_api()
+        nexus.add_webhooks()
         log.info(
             "nexus.starting", namespace=settings.namespace, node_endpoint=settings.node_endpoint
         )

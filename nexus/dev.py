@@ -32,6 +32,7 @@ from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, find_assets
 from nexus.runtime.logging import configure_logging
 from nexus.runtime.resource import NAMESPACES
+from nexus.runtime.webhook import WebhookInstallOptions
 from nexus.settings import ManagerSettings
 
 log = structlog.get_logger("nexus.dev")
@@ -147,18 +148,32 @@ async def ensure_tenant_cr(client: Client, tenant: Tenant, s: ManagerSettings) -
 
 
 async def run(
-    data: Path, api_port: int, node_port: int, probe_port: int = 8081, metrics_port: int = 9090
+    data: Path,
+    api_port: int,
+    node_port: int,
+    probe_port: int = 8081,
+    metrics_port: int = 9090,
+    *,
+    webhook_port: int = 9443,
 ) -> None:
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o700)
     say("nexus dev: preparing the control-plane binaries (the first run builds them: minutes)")
     await asyncio.to_thread(find_assets, show_progress=True)
     say("nexus dev: starting etcd, kube-apiserver and kube-controller-manager")
+    # The API server calls the manager's admission webhooks on loopback, by URL, trusting a
+    # self-signed CA kept in .nexus/ (as the tests do), so kubectl gets the API's answers.
+    webhooks = WebhookInstallOptions(
+        paths=[ROOT / "config" / "webhook"],
+        local_serving_port=webhook_port,
+        local_serving_cert_dir=data / "webhook-certs",
+    )
     env = Environment(
         crd_paths=[ROOT / "config" / "crd" / "bases"],
         with_controller_manager=True,
         data_dir=data / "cluster",
         start_timeout=CONTROL_PLANE_START_TIMEOUT,
+        webhook_install_options=webhooks,
     )
     node = DevNode(node_port, data / "node")
     stop = asyncio.Event()
@@ -174,6 +189,8 @@ async def run(
             api_bind_address=f":{api_port}",
             health_probe_bind_address=f":{probe_port}",
             metrics_bind_address=f":{metrics_port}",
+            webhook_bind_address=webhooks.bind_address,
+            webhook_cert_dir=str(webhooks.local_serving_cert_dir),
             database=str(data / "nexus.db"),
             jwt_secret=secret_file(data / "jwt-secret", secrets.token_urlsafe(48)),
             node_endpoint=node.url,
@@ -189,6 +206,7 @@ async def run(
                 await mgr.client.create(NAMESPACES, {"metadata": {"name": settings.namespace}})
             server = await nexus.add_api()
             assert server is not None
+            nexus.add_webhooks()
             await mgr.start()
             tenant, raw_key = await seed(server.context.store, data)
             await ensure_tenant_cr(mgr.client, tenant, settings)
@@ -202,6 +220,7 @@ Nexus ready at http://localhost:{api_port}
   kubeconfig   {env.kubeconfig_path}
   node         {node.url}
   probes       http://localhost:{probe_port}/readyz   metrics http://localhost:{metrics_port}/metrics
+  webhooks     https://{webhooks.bind_address} (kubectl writes of NexusAgents/NexusTenants)
 
   try:  NEXUS_URL=http://localhost:{api_port} hack/walkthrough.sh
         KUBECONFIG={env.kubeconfig_path} kubectl get nexustenants -A
@@ -224,11 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-port", type=int, default=18000)
     parser.add_argument("--probe-port", type=int, default=8081)
     parser.add_argument("--metrics-port", type=int, default=9090)
+    parser.add_argument("--webhook-port", type=int, default=9443)
     args = parser.parse_args(argv)
     configure_logging(json=False, level="warning")
     try:
         asyncio.run(
-            run(Path(args.data), args.api_port, args.node_port, args.probe_port, args.metrics_port)
+            run(
+                Path(args.data),
+                args.api_port,
+                args.node_port,
+                args.probe_port,
+                args.metrics_port,
+                webhook_port=args.webhook_port,
+            )
         )
     except KeyboardInterrupt:
         return 130

@@ -25,6 +25,13 @@ class ManagerSettings(BaseSettings):
     metrics_bind_address: str = Field(":9090", description='Prometheus /metrics ("0" disables)')
     health_probe_bind_address: str = Field(":8081", description="/healthz and /readyz")
     api_bind_address: str = Field(":8080", description='REST API ("0" disables)')
+    webhook_bind_address: str = Field(
+        ":9443", description='Admission webhooks over HTTPS ("0" disables)'
+    )
+    webhook_cert_dir: str = Field(
+        "/tmp/k8s-webhook-server/serving-certs",
+        description="tls.crt/tls.key (and ca.crt) of the webhook server; self-signed if absent",
+    )
     database: str = Field(
         "nexus.db",
         description="The REST API's store: a SQLite file (one replica) or a postgresql:// URL",

@@ -131,18 +131,24 @@ PRINCIPAL = web.AppKey("nexus.api.principal", Principal)
 
 
 async def authenticate(request: web.Request) -> Principal:
-    """Bearer JWT first; then ``X-API-Key`` (or ``Bearer nxk_...``); else 401."""
+    """Bearer JWT first; then ``X-API-Key`` (or ``Bearer nxk_...``); else 401.
+
+    An unusable Bearer token falls through to the API key (a client with a stale token and a
+    good key is served through the key); an ``X-API-Key`` that is sent must be valid, even next
+    to a valid token, or the request is refused.
+    """
     c = ctx(request)
     header = request.headers.get("Authorization", "")
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+    sent_key = request.headers.get("X-API-Key")
     try:
+        if sent_key is not None and await _resolve_key(c, hash_secret(sent_key)) is None:
+            raise ApiProblem(401, "missing or invalid credentials")
         if bearer and not looks_like_api_key(bearer):
             user = await _user_from_token(c, bearer)
             if user is not None:
                 return Principal(user=user)
-        raw_key = request.headers.get("X-API-Key") or (
-            bearer if bearer and looks_like_api_key(bearer) else None
-        )
+        raw_key = sent_key or (bearer if bearer and looks_like_api_key(bearer) else None)
         if raw_key:
             resolved = await _resolve_key(c, hash_secret(raw_key))
             if resolved is not None:
@@ -210,7 +216,7 @@ async def acting_tenant(request: web.Request) -> Tenant:
     p = principal(request)
     asked = request.headers.get("X-Tenant-ID")
     if p.key_tenant is not None:
-        if asked and asked != p.key_tenant.id:
+        if asked is not None and asked != p.key_tenant.id:
             raise ApiProblem(403, "an API key cannot act in another tenant")
         return p.key_tenant
     if not asked:

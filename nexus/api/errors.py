@@ -97,7 +97,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         message = _STATUS_TEXT.get(exc.status, exc.reason or "error")
-        return web.json_response({"error": message}, status=exc.status)
+        # RFC 9110: a 405 lists the methods the resource supports.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": message}, status=exc.status, headers=allow)
     except Exception:
         log.exception("api.unhandled_error", method=request.method, path=request.path)
         return web.json_response({"error": "internal error"}, status=500)

@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+from nexus.api.auth import MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS
+from nexus.domain.agentspec_schema import SPACE_CLASS
+
+# One spelling for the server and the document: no "@" or whitespace around a single "@".
+_EMAIL_BODY = f"[^@{SPACE_CLASS}]{{1,64}}@[^@{SPACE_CLASS}]{{1,255}}"
+EMAIL_PATTERN = f"^{_EMAIL_BODY}$"
+_EMAIL = re.compile(_EMAIL_BODY)
 
 
 def _storable(v: str) -> str:
@@ -31,14 +37,23 @@ class _Body(BaseModel):
 
 
 class RegisterRequest(_Body):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=1024)
+    email: str = Field(max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN})
+    # The rule itself is auth.validate_password (its messages); the schema states it for
+    # clients: at least MIN_PASSWORD_CHARS characters, at most MAX_PASSWORD_BYTES in UTF-8.
+    password: str = Field(
+        max_length=1024,
+        description=(
+            f"At least {MIN_PASSWORD_CHARS} characters and at most {MAX_PASSWORD_BYTES} bytes "
+            "in UTF-8 (bcrypt's limit)"
+        ),
+        json_schema_extra={"minLength": MIN_PASSWORD_CHARS, "maxLength": MAX_PASSWORD_BYTES},
+    )
     displayName: StoredText = Field(min_length=1, max_length=256)  # noqa: N815 - the wire name
 
     @field_validator("email")
     @classmethod
     def _email(cls, v: str) -> str:
-        if not _EMAIL.match(v):
+        if not _EMAIL.fullmatch(v):
             raise ValueError("must be an email address")
         return v
 

@@ -79,6 +79,23 @@ async def _spec_from_body(request: web.Request) -> dict[str, Any]:
     return spec
 
 
+def _admission_problem(exc: ApiError) -> ApiProblem | ApiError:
+    """A write the cluster refused: invalid (422) or forbidden (403, an admission webhook's
+    quota or tenant check) keep their message; an unreachable admission webhook is a 503."""
+    if exc.invalid:
+        return ApiProblem(400, errors=[exc.message])
+    if exc.status == 403:
+        return ApiProblem(403, exc.message)
+    if exc.status >= 500:
+        log.warning("api.cluster_write_failed", status=exc.status, error=exc.message)
+        return ApiProblem(
+            503,
+            "the cluster could not accept the change; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    return exc
+
+
 def _path_name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not valid_name(name):
@@ -136,9 +153,7 @@ async def create_agent(request: web.Request) -> web.Response:
                 "the tenant is still being provisioned; retry shortly",
                 headers={"Retry-After": "2"},
             ) from None
-        if exc.invalid:
-            raise ApiProblem(400, errors=[exc.message]) from None
-        raise
+        raise _admission_problem(exc) from None
     log.info("api.agent_created", agent=name, namespace=ns)
     return json_out(_summary(created), status=201)
 
@@ -192,7 +207,8 @@ async def update_agent(request: web.Request) -> web.Response:
     name = _path_name(request)
     spec = await _spec_from_body(request)
     if agent_name(spec) != name:
-        raise ApiProblem(400, errors=[f"metadata.name must be {name!r} (the name in the path)"])
+        # A valid spec for another agent: it conflicts with the agent addressed (409, not 400).
+        raise ApiProblem(409, f"metadata.name must be {name!r} (the name in the path)")
     await _agent(request, tenant, name)
     c = ctx(request)
     try:
@@ -207,7 +223,7 @@ async def update_agent(request: web.Request) -> web.Response:
     except ApiError as exc:
         if exc.not_found:
             raise ApiProblem(404, f"agent {name} not found") from None
-        raise
+        raise _admission_problem(exc) from None
     return json_out(_summary(updated))
 
 

@@ -46,7 +46,7 @@ async def register(request: web.Request) -> web.Response:
     body = await json_body(request, RegisterRequest)
     problem = auth.validate_password(body.password)
     if problem:
-        raise ApiProblem(400, errors=[f"password {problem}"])
+        raise ApiProblem(400, errors=[problem])  # "password must be ..."
     await limit(c.per_account, f"register:{normalize_email(body.email)}")
     hashed = await auth.hash_password(body.password)
     try:

@@ -17,7 +17,6 @@ ServiceAccount: see ``fence``) and the node pod runs under the restricted profil
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 
 import structlog
@@ -34,7 +33,7 @@ from nexus.domain.resources import (
     TENANTS,
     TenantPhase,
 )
-from nexus.domain.tenant import TenantStatus
+from nexus.domain.tenant import TenantStatus, reserved_name_problem
 from nexus.node import in_cluster_endpoint
 from nexus.runtime import (
     ApiError,
@@ -49,12 +48,6 @@ from nexus.runtime.objects import Object, rfc3339
 from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, SERVICES, Resource
 
 log = structlog.get_logger("nexus.tenant")
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-#: Names no tenant may take, besides the configured system namespace and ``kube-*``:
-#: Kubernetes' default namespace and Nexus's default home.
-_RESERVED_NAMES = frozenset({"default", "nexus-system"})
 
 #: How often to look again while the tenant's namespace is terminating (s). Not an error, and
 #: the namespace watch usually wakes the tenant first.
@@ -123,16 +116,7 @@ class NexusTenantReconciler:
     # -- provisioning -------------------------------------------------------------------------
 
     def _reserved(self, tenant: Object) -> str | None:
-        name = tenant["metadata"]["name"]
-        if (
-            name in _RESERVED_NAMES
-            or name == self.settings.system_namespace
-            or name.startswith("kube-")
-        ):
-            return f"tenant name {name!r} is a system namespace; choose another name"
-        if not _DNS_LABEL.match(name):
-            return f"tenant name {name!r} is not a valid namespace name (RFC 1123 label)"
-        return None
+        return reserved_name_problem(tenant["metadata"]["name"], self.settings.system_namespace)
 
     async def _provision(self, tenant: Object) -> Result:
         meta = tenant["metadata"]

@@ -1,9 +1,9 @@
 """The rules of an astromesh/v1 Agent spec, as the node applies them (and a little stricter).
 
 `validate_agent` lists every violation at once, as ``"path message"`` strings, so that a caller
-can answer with all of them together: the REST API's ``400 {"errors": [...]}`` today, an
-admission webhook tomorrow. It takes a parsed document (a dict); reading a request body into
-one is the API's job.
+can answer with all of them together: the REST API's ``400 {"errors": [...]}`` and the
+NexusAgent admission webhook's denial. It takes a parsed document (a dict); reading a request
+body into one is the API's job.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from nexus.domain.messages import cap, kind, one_of, show, subpath
 
 __all__ = [
     "API_VERSION",
+    "GLYPH",
     "KIND",
     "NAME_RE",
     "ORCHESTRATION_PATTERNS",
@@ -41,6 +42,10 @@ NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # The providers the node builds; litellm and centinela only exist when the node has those extras,
 # but they are legitimate, so they are accepted. The node silently skips anything else.
 PROVIDERS = ("ollama", "openai", "openai_compat", "azure_openai", "litellm", "centinela")
+# `glyph` runs a `spec.program`; a node without the glyph extra runs a program-less glyph agent
+# as react (with a warning in its log) and refuses one with a program at deploy, which the
+# agent's status reports. Any other pattern with a program is refused here (below).
+GLYPH = "glyph"
 ORCHESTRATION_PATTERNS = (
     "react",
     "plan_and_execute",
@@ -48,6 +53,7 @@ ORCHESTRATION_PATTERNS = (
     "pipeline",
     "supervisor",
     "swarm",
+    GLYPH,
 )
 ROUTING_STRATEGIES = (
     "cost_optimized",
@@ -182,6 +188,8 @@ class _Validator:
         orchestration = self.mapping(spec, "orchestration", "spec.orchestration", required=False)
         if orchestration is not None:
             self.orchestration(orchestration)
+        if "program" in spec:
+            self.program(spec["program"], (orchestration or {}).get("pattern", "react"))
         if "tools" in spec:
             self.tools(spec["tools"])
 
@@ -285,12 +293,22 @@ class _Validator:
         self.choice(orchestration, "pattern", f"{path}.pattern", ORCHESTRATION_PATTERNS)
         if "max_iterations" in orchestration:
             value = orchestration["max_iterations"]
-            if not (_is_number(value) and isinstance(value, int) and 1 <= value <= 100):
+            # 5.0 counts as 5: JSON does not tell them apart (nor does JSON Schema's
+            # "integer"), and Kubernetes stores it as 5, which is what the node then reads.
+            integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if not (_is_number(value) and integral and 1 <= value <= 100):
                 self.add(f"{path}.max_iterations", "must be an integer between 1 and 100")
         if "timeout_seconds" in orchestration:
             value = orchestration["timeout_seconds"]
             if not (_is_number(value) and 1 <= value <= 300):
                 self.add(f"{path}.timeout_seconds", "must be a number between 1 and 300")
+
+    def program(self, program: object, pattern: object) -> None:
+        if not _non_empty_string(program):
+            self.add("spec.program", "must be a non-empty string (a Glyph program)")
+        if pattern != GLYPH and isinstance(pattern, str) and pattern in ORCHESTRATION_PATTERNS:
+            # The node refuses to deploy it: only the glyph pattern runs a program.
+            self.add("spec.program", f"needs spec.orchestration.pattern {show(GLYPH)}")
 
     def tools(self, tools: object) -> None:
         if not isinstance(tools, list):

@@ -1,4 +1,5 @@
-"""NexusTenant: typed views of its spec and status, and the one builder of its body.
+"""NexusTenant: typed views of its spec and status, the one builder of its body, and the
+names no tenant may take.
 
 The views read an object as the API server stores it (a dict) once, defaults included, so
 callers never walk ``(obj.get("spec") or {}).get(...)`` chains; the objects themselves stay
@@ -7,6 +8,7 @@ dicts, since that is what the cache holds and the API server takes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,27 @@ from nexus.runtime.objects import Object
 
 #: ``spec.nodeProfile`` when unset (the CRD's default too).
 DEFAULT_NODE_PROFILE = "full"
+
+# A tenant's name is its namespace's name, so it must be an RFC 1123 label. `\Z`: `$` would
+# also match before a trailing newline.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+
+#: Names no tenant may take, besides the configured system namespace and ``kube-*``:
+#: Kubernetes' default namespace and Nexus's default home.
+RESERVED_NAMES = frozenset({"default", "nexus-system"})
+
+
+def reserved_name_problem(name: str, system_namespace: str) -> str | None:
+    """Why ``name`` cannot be a tenant (its namespace), or None.
+
+    The tenant controller refuses to provision such a tenant and the admission webhook refuses
+    to create it, with this one message.
+    """
+    if name in RESERVED_NAMES or name == system_namespace or name.startswith("kube-"):
+        return f"tenant name {name!r} is a system namespace; choose another name"
+    if not _DNS_LABEL.match(name):
+        return f"tenant name {name!r} is not a valid namespace name (RFC 1123 label)"
+    return None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -15,7 +15,10 @@ Guarantees in one place:
     never die silently; objects from the first list are queued after live changes;
   * finalizer helpers never drop another controller's finalizer;
   * with leader election, controllers run in one process at a time; the Lease is released on a
-    graceful stop so a standby takes over at once.
+    graceful stop so a standby takes over at once;
+  * admission webhooks (:mod:`nexus.runtime.webhook`) serve on every replica, always answer
+    (a failing or slow handler is a clear refusal), and pick up a rotated certificate without
+    a restart.
 """
 
 from nexus.runtime.builder import Builder

@@ -2,8 +2,9 @@
 
 Starts ``etcd`` and ``kube-apiserver`` (and optionally ``kube-controller-manager``, which brings
 namespace deletion, garbage collection and Deployment -> ReplicaSet) on free loopback ports,
-writes a kubeconfig, installs CRDs and waits until they are established. There is no kubelet
-and no scheduler: Pods stay ``Pending``, which is what controller tests want.
+writes a kubeconfig, installs CRDs and waits until they are established, then (optionally)
+registers admission webhooks served on this machine (``webhook_install_options``). There is no
+kubelet and no scheduler: Pods stay ``Pending``, which is what controller tests want.
 
 Set ``USE_EXISTING_CLUSTER=true`` (with ``KUBECONFIG``) to run the same tests against a real
 cluster (kind, k3s) instead; then nothing is started or stopped, only CRDs are installed.
@@ -38,6 +39,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.resource import CRDS, NAMESPACES
+from nexus.runtime.webhook.install import WebhookInstallOptions
 
 log = structlog.get_logger("nexus.envtest")
 
@@ -147,6 +149,10 @@ class Environment:
     stop_timeout: float = 20.0
     crd_install_timeout: float = 10.0
     extra_apiserver_flags: Sequence[str] = ()
+    #: Webhook configurations to register once the control plane is up, re-pointed at a local
+    #: server by URL with a self-signed CA (see :class:`WebhookInstallOptions`); they are
+    #: removed again on exit.
+    webhook_install_options: WebhookInstallOptions | None = None
 
     kubeconfig_path: Path = field(init=False)
     host: str = field(init=False, default="")
@@ -188,9 +194,42 @@ class Environment:
         if self.crd_paths:
             async with await self.api_client() as api:
                 await install_crds(api, self.crd_paths, timeout=self.crd_install_timeout)
+        if self.webhook_install_options is not None:
+            await self.install_webhooks(self.webhook_install_options)
+
+    async def install_webhooks(self, options: WebhookInstallOptions) -> None:
+        """Register ``options``' webhook configurations (by URL, self-signed CA) now."""
+        default_dir = (
+            self._root / "webhook-certs"
+            if not self.existing
+            else Path(tempfile.mkdtemp(prefix="nexus-webhook-certs-"))
+        )
+        async with await self.api_client() as api:
+            client = Client(api)
+            try:
+                await options.install(client, default_dir)
+            finally:
+                await client.close()
+
+    async def uninstall_webhooks(self, options: WebhookInstallOptions) -> None:
+        """Remove the configurations ``options`` installed (best effort, bounded)."""
+        if not options.installed:
+            return
+        try:
+            async with asyncio.timeout(10), await self.api_client() as api:
+                client = Client(api)
+                try:
+                    await options.uninstall(client)
+                finally:
+                    await client.close()
+        except (ApiError, ConnectionError, OSError, TimeoutError) as exc:
+            log.warning("envtest.webhook_uninstall_failed", error=str(exc))
 
     async def stop(self) -> None:
         """Stop every started process, newest first; idempotent."""
+        if self.webhook_install_options is not None and (self.existing or self._procs):
+            # A configuration left behind would point the cluster at a server that is gone.
+            await self.uninstall_webhooks(self.webhook_install_options)
         while self._procs:
             await self._terminate(self._procs.pop())
         if self._owns_root:

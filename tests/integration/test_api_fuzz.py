@@ -1,6 +1,12 @@
 """Property-based fuzzing of the REST API: schemathesis against the ``/openapi.json`` of a live
 `nexus manager` subprocess (real kube-apiserver, real node).
 
+Two layers. The ``st run --checks all`` tests run the schemathesis CLI as an outside user
+would, with every check (the document must say what the server enforces: valid data accepted,
+invalid data refused, auth enforced, 405 with ``Allow``) and every phase, the stateful one
+following the document's links, once with an API key and once with a user token plus
+``X-Tenant-ID``; examples are bounded so the suite stays fast.
+
 Every operation of the document gets positive and negative examples, sent with real
 credentials: a user access token for ``/api/v1/me`` and the tenant routes (with the user's own
 tenant id in the path for a share of the cases, so that the success paths are reached too), an
@@ -14,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import sys
 import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -159,6 +167,38 @@ schema = schemathesis.openapi.from_dict(
 )
 
 
+#: Per operation and phase; with a fixed seed, a run is the same run every time.
+CLI_EXAMPLES = 10
+CLI_CONFIG = """
+[auth]
+# The credentials are the ones given on the command line, nothing else.
+auto-signup = false
+"""
+
+
+async def _st_run(creds: Creds, tmp: Path, *headers: str, seed: int) -> tuple[int, str]:
+    config = tmp / "schemathesis.toml"
+    config.write_text(CLI_CONFIG)
+    st = Path(sys.executable).parent / "st"
+    args = [str(st), f"--config-file={config}", "--no-color", "run", f"{creds.url}/openapi.json",
+            "--checks=all", f"--max-examples={CLI_EXAMPLES}", f"--seed={seed}", "--workers=1",
+            "--phases=examples,coverage,fuzzing,stateful"]  # fmt: skip
+    for h in headers:
+        args += ["-H", h]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def _assert_clean(code: int, out: str) -> None:
+    assert code == 0, out[-12000:]
+    assert "Stateful" in out and "API Links:" in out, out[-3000:]
+    assert " failures" not in out.splitlines()[-1], out[-3000:]
+
+
 def test_the_fuzzed_document_is_the_served_one(creds: Creds, http: requests.Session) -> None:
     served = http.get(f"{creds.url}/openapi.json", timeout=10)
     assert served.status_code == 200
@@ -228,3 +268,21 @@ def test_the_fuzzer_reached_the_success_paths() -> None:
     # Everything else at least got past authentication sometimes.
     for op, statuses in SEEN.items():
         assert set(statuses) != {401}, op
+
+
+# Last: the CLI's stateful phase follows links it infers from the responses too, and may well
+# delete the tenant the tests above use (the user token's run comes last for that reason).
+async def test_st_run_all_checks_with_an_api_key(creds: Creds, tmp_path: Path) -> None:
+    code, out = await _st_run(creds, tmp_path, f"X-API-Key: {creds.key}", seed=16)
+    _assert_clean(code, out)
+
+
+async def test_st_run_all_checks_with_a_user_token_and_tenant(creds: Creds, tmp_path: Path) -> None:
+    code, out = await _st_run(
+        creds,
+        tmp_path,
+        f"Authorization: Bearer {creds.token}",
+        f"X-Tenant-ID: {creds.tenant}",
+        seed=17,
+    )
+    _assert_clean(code, out)

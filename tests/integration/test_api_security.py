@@ -676,6 +676,22 @@ async def test_bearer_garbage_with_a_valid_key_is_served_through_the_key(world: 
     )
 
 
+async def test_a_sent_api_key_must_be_valid_even_next_to_a_valid_token(world: World) -> None:
+    c = world.caller()
+    bad_key = "nxk_" + secrets.token_urlsafe(32)
+    is_error(await c.call("GET", "/api/v1/me", token=world.a.access, key=bad_key), 401)
+    r = await c.call("GET", "/api/v1/me", token=world.a.access)
+    assert r.status == 200, r
+    # With a key, X-Tenant-ID may be left out, but if sent (even empty) it must be the key's.
+    is_error(await c.call("GET", "/api/v1/agents", key=world.a.key, tenant=""), 403)
+
+
+async def test_405_lists_the_allowed_methods(world: World) -> None:
+    r = await world.caller().call("PATCH", "/api/v1/agents", key=world.a.key)
+    is_error(r, 405)
+    assert {"GET", "POST"} <= set(r.headers["Allow"].split(",")), r.headers
+
+
 async def test_bearer_api_key_compatibility(world: World) -> None:
     c = world.caller()
     r = await c.call("GET", "/api/v1/me", token=world.a.key)
@@ -1079,6 +1095,13 @@ async def test_password_length_rules(world: World) -> None:
         r = await register(pw)
         is_error(r, 400, "errors")
         assert any("password" in e for e in r.body["errors"]), r
+    # One "password" in the message, as the OpenAPI document's rule reads.
+    assert (await register("1234567")).body == {
+        "errors": ["password must be at least 8 characters"]
+    }
+    assert (await register("x" * 73)).body == {
+        "errors": ["password must be at most 72 bytes in UTF-8"]
+    }
     # The boundary is accepted: 72 bytes; and 8 characters.
     pw72 = "é" * 36
     r = await register(pw72)

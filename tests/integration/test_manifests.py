@@ -75,8 +75,9 @@ def test_kustomize_renders_the_whole_install() -> None:
     assert kinds == sorted(
         [
             "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-            "CustomResourceDefinition", "Deployment", "Namespace", "PersistentVolumeClaim",
-            "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
+            "CustomResourceDefinition", "Deployment", "MutatingWebhookConfiguration",
+            "Namespace", "PersistentVolumeClaim", "Role", "RoleBinding", "Service", "Service",
+            "Service", "ServiceAccount", "ValidatingWebhookConfiguration",
         ]
     )  # fmt: skip
     dep = next(d for d in docs if d["kind"] == "Deployment")
@@ -85,7 +86,7 @@ def test_kustomize_renders_the_whole_install() -> None:
     pod = dep["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     c = pod["containers"][0]
-    assert sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081, 9090]
+    assert sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081, 9090, 9443]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -93,8 +94,44 @@ def test_kustomize_renders_the_whole_install() -> None:
     assert jwt["valueFrom"]["secretKeyRef"]["name"] == "nexus-jwt"
     assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
     assert "--leader-elect" in c["args"]
+    _check_webhook_wiring(docs, pod, c)
     samples = render("samples")
     assert {d["kind"] for d in samples} == {"NexusTenant", "NexusAgent"}
+
+
+def _check_webhook_wiring(
+    docs: list[dict[str, Any]], pod: dict[str, Any], c: dict[str, Any]
+) -> None:
+    """Service -> manager's webhook-server port; certificate Secret mounted where the manager
+    reads it; every webhook path is one the manager serves; validation fails closed."""
+    from nexus.runtime.webhook.server import DEFAULT_CERT_DIR
+    from nexus.webhooks.setup import (
+        AGENT_VALIDATE_PATH,
+        MUTATING_CONFIGURATION,
+        TENANT_MUTATE_PATH,
+        TENANT_VALIDATE_PATH,
+        VALIDATING_CONFIGURATION,
+    )
+
+    svc = next(d for d in docs if d["kind"] == "Service" and "webhook" in d["metadata"]["name"])
+    assert svc["spec"]["ports"][0]["targetPort"] == "webhook-server"
+    assert any(p.get("name") == "webhook-server" for p in c["ports"])
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == DEFAULT_CERT_DIR)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "nexus-webhook-server-cert"
+    configs = {d["metadata"]["name"]: d for d in docs if d["kind"].endswith("WebhookConfiguration")}
+    assert set(configs) == {VALIDATING_CONFIGURATION, MUTATING_CONFIGURATION}
+    paths = set()
+    for cfg in configs.values():
+        for hook in cfg["webhooks"]:
+            ref = hook["clientConfig"]["service"]
+            assert (ref["name"], ref["namespace"]) == (svc["metadata"]["name"], "nexus-system")
+            assert hook["failurePolicy"] == "Fail"
+            excluded = hook["namespaceSelector"]["matchExpressions"][0]
+            assert excluded["operator"] == "NotIn" and "kube-system" in excluded["values"]
+            paths.add(ref["path"])
+    assert paths == {AGENT_VALIDATE_PATH, TENANT_VALIDATE_PATH, TENANT_MUTATE_PATH}
+    assert {d["kind"] for d in render("certmanager")} == {"Issuer", "Certificate"}
 
 
 async def test_server_side_dry_run_accepts_every_object(envtest: Environment, kube: Client) -> None:
@@ -107,7 +144,7 @@ async def test_server_side_dry_run_accepts_every_object(envtest: Environment, ku
         stdin=rendered,
     )  # fmt: skip
     assert "deployment.apps/nexus-controller-manager serverside-applied (server dry run)" in out
-    assert out.count("(server dry run)") == 12
+    assert out.count("(server dry run)") == 15
 
 
 def test_kustomize_renders_the_ha_overlay() -> None:
@@ -116,8 +153,9 @@ def test_kustomize_renders_the_ha_overlay() -> None:
     assert kinds == sorted(
         [
             "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-            "CustomResourceDefinition", "Deployment", "Namespace", "PodDisruptionBudget",
-            "Role", "RoleBinding", "Service", "Service", "ServiceAccount",
+            "CustomResourceDefinition", "Deployment", "MutatingWebhookConfiguration",
+            "Namespace", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service",
+            "Service", "ServiceAccount", "ValidatingWebhookConfiguration",
         ]
     )  # fmt: skip
     dep = next(d for d in docs if d["kind"] == "Deployment")
@@ -138,8 +176,14 @@ def test_kustomize_renders_the_ha_overlay() -> None:
     }
     assert env["NEXUS_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "nexus-jwt"
     assert not any(v.get("persistentVolumeClaim") for v in pod["volumes"])
-    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]
+    assert sorted(m["mountPath"] for m in c["volumeMounts"]) == [
+        "/tmp",
+        "/tmp/k8s-webhook-server/serving-certs",
+    ]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # Both replicas serve the webhooks, wired as in config/default (the patch is a copy).
+    assert sorted(p["containerPort"] for p in c["ports"]) == [8080, 8081, 9090, 9443]
+    _check_webhook_wiring(docs, pod, c)
     pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
     assert pdb["metadata"]["namespace"] == "nexus-system"
     assert pdb["spec"]["minAvailable"] == 1
@@ -165,7 +209,7 @@ async def test_server_side_dry_run_accepts_the_ha_overlay(
     )  # fmt: skip
     assert "poddisruptionbudget.policy/nexus-controller-manager serverside-applied" in out
     assert "deployment.apps/nexus-controller-manager serverside-applied (server dry run)" in out
-    assert out.count("(server dry run)") == 12
+    assert out.count("(server dry run)") == 15
 
 
 @pytest.fixture
@@ -253,3 +297,50 @@ async def repair_the_fence(kube: Client, ns: str) -> None:
         kube, SERVICE_ACCOUNTS, "astromesh-node", ns,
         lambda o: o["automountServiceAccountToken"] is False,
     )  # fmt: skip
+
+
+async def test_the_cluster_role_lets_the_manager_publish_its_ca_and_nothing_more(
+    envtest: Environment, kube: Client
+) -> None:
+    from nexus.runtime.webhook import generate_self_signed, inject_ca_bundle
+    from nexus.runtime.webhook.configurations import (
+        VALIDATING,
+        apply_configurations,
+        delete_configurations,
+        load_configurations,
+    )
+    from nexus.webhooks.setup import MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION
+
+    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
+        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
+    await kubectl(envtest, "apply", "-k", "config/rbac")
+    docs = load_configurations([ROOT / "config" / "webhook"])
+    for doc in docs:
+        for hook in doc["webhooks"]:
+            # Installed for real, so that it must select nothing: no write of this session
+            # may meet a webhook nobody serves.
+            hook["objectSelector"] = {"matchLabels": {"nexus-test/never": "true"}}
+    other = {**docs[-1], "metadata": {"name": "someone-elses-webhooks"}}
+    await apply_configurations(kube, [*docs, other])
+    ca = generate_self_signed(["127.0.0.1"]).ca_pem
+    assert ca is not None
+    try:
+        cfg = await envtest.client_configuration()
+        async with k8s_client.ApiClient(cfg) as api:
+            api.set_default_header("Impersonate-User", SA_USER)
+            sa = Client(api)
+            try:
+                changed = await inject_ca_bundle(
+                    sa, ca, validating=[VALIDATING_CONFIGURATION], mutating=[MUTATING_CONFIGURATION]
+                )
+                assert sorted(changed) == sorted([VALIDATING_CONFIGURATION, MUTATING_CONFIGURATION])
+                # Idempotent: the same CA again writes nothing.
+                assert await inject_ca_bundle(sa, ca, validating=[VALIDATING_CONFIGURATION]) == []
+                with pytest.raises(Exception, match="403"):
+                    await inject_ca_bundle(sa, ca, validating=["someone-elses-webhooks"])
+            finally:
+                await sa.close()
+        stored = await kube.get(VALIDATING, VALIDATING_CONFIGURATION)
+        assert all(h["clientConfig"]["caBundle"] for h in stored["webhooks"])
+    finally:
+        await delete_configurations(kube, [*docs, other])

@@ -55,6 +55,9 @@ class ManagerProcess:
             f"--node-endpoint={self.node_url}",
             "--node-image=astromesh/node:test",
             "--error-requeue=1",
+            # Off unless a test asks (several managers run at once; :9443 is shared).
+            *([] if any(a.startswith("--webhook-bind-address") for a in self.extra)
+              else ["--webhook-bind-address=0"]),
             *self.extra,
         ]  # fmt: skip
 

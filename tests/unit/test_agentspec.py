@@ -90,6 +90,14 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return apply
 
 
+def _both(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def apply(spec: dict[str, Any]) -> None:
+        for mutate in mutations:
+            mutate(spec)
+
+    return apply
+
+
 def _delete(path: str) -> Callable[[dict[str, Any]], None]:
     def apply(spec: dict[str, Any]) -> None:
         *parents, last = path.split(".")
@@ -263,7 +271,7 @@ SINGLE_VIOLATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "bad pattern",
         _set("spec.orchestration.pattern", "chain_of_thought"),
         "spec.orchestration.pattern must be one of: react, plan_and_execute, parallel_fan_out, "
-        "pipeline, supervisor, swarm",
+        "pipeline, supervisor, swarm, glyph",
     ),
     *[
         (
@@ -271,7 +279,7 @@ SINGLE_VIOLATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
             _set("spec.orchestration.max_iterations", value),
             "spec.orchestration.max_iterations must be an integer between 1 and 100",
         )
-        for value in (0, 101, True, 5.0, "10", None)
+        for value in (0, 101, True, 5.5, "10", None)
     ],
     *[
         (
@@ -313,6 +321,17 @@ SINGLE_VIOLATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ),
     ("identity scalar", _set("spec.identity", "bot"), "spec.identity must be a mapping"),
     (
+        # The node refuses to deploy a program under any pattern but glyph.
+        "program without glyph",
+        _set("spec.program", "answer = 42"),
+        'spec.program needs spec.orchestration.pattern "glyph"',
+    ),
+    (
+        "program not a string",
+        _both(_set("spec.orchestration", {"pattern": "glyph"}), _set("spec.program", 42)),
+        "spec.program must be a non-empty string (a Glyph program)",
+    ),
+    (
         "display_name number",
         _set("spec.identity.display_name", 5),
         "spec.identity.display_name must be a string",
@@ -348,6 +367,7 @@ VALID_VARIANTS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         ),
     ),
     ("max_iterations 1", _set("spec.orchestration.max_iterations", 1)),
+    ("max_iterations 5.0 is 5", _set("spec.orchestration.max_iterations", 5.0)),
     ("timeout 1", _set("spec.orchestration.timeout_seconds", 1)),
     ("temperature 0", _set("spec.model.primary.parameters", {"temperature": 0, "top_p": 1})),
     ("temperature 2", _set("spec.model.primary.temperature", 2.0)),
@@ -389,6 +409,14 @@ VALID_VARIANTS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
         ),
     ),
     ("empty tools", _set("spec.tools", [])),
+    # astromesh 0.74.1 accepts glyph (without its extra it runs such an agent as react).
+    ("glyph pattern", _set("spec.orchestration.pattern", "glyph")),
+    (
+        "glyph with a program",
+        _both(
+            _set("spec.orchestration", {"pattern": "glyph"}), _set("spec.program", "answer = 42")
+        ),
+    ),
     ("identity without display_name", _set("spec.identity", {"avatar": "x.png"})),
     ("metadata.namespace ignored", _set("metadata.namespace", "someone-else")),
 ]

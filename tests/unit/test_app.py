@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -68,3 +69,33 @@ def test_api_created_tenants_get_the_default_quota() -> None:
     s = ManagerSettings(default_max_agents=4, default_cpu="1", default_memory="1Gi")
     assert app.api_settings(s).tenant_quota == ResourceQuota(4, "1", "1Gi")
     assert app.tenant_quota(s) == ResourceQuota(4, "1", "1Gi")
+
+
+def test_webhooks_default_tenants_as_the_api_does() -> None:
+    s = ManagerSettings(
+        namespace="ops", default_max_agents=4, default_cpu="1", default_memory="1Gi"
+    )
+    w = app.webhook_settings(s)
+    assert w.system_namespace == "ops"
+    assert w.tenant_quota == app.api_settings(s).tenant_quota == ResourceQuota(4, "1", "1Gi")
+    assert "nexus-webhook-service.ops.svc" in app.webhook_serving_hosts(s)
+
+
+def test_without_a_webhook_address_there_are_no_webhooks(api: k8s_client.ApiClient) -> None:
+    nexus = app.Nexus(api, ManagerSettings(webhook_bind_address="0"))
+    assert nexus.add_webhooks() is None and nexus.webhooks is None
+
+
+def test_webhooks_without_a_mounted_pair_serve_a_self_signed_one(
+    api: k8s_client.ApiClient, tmp_path: Path
+) -> None:
+    s = ManagerSettings(webhook_bind_address="127.0.0.1:0", webhook_cert_dir=str(tmp_path / "no"))
+    nexus = app.Nexus(api, s)
+    server = nexus.add_webhooks()
+    assert server is not None and nexus.webhooks is server
+    made = Path(server.options.cert_dir)
+    try:
+        assert made != tmp_path / "no"
+        assert (made / "tls.crt").is_file() and (made / "tls.key").is_file()
+    finally:
+        shutil.rmtree(made, ignore_errors=True)

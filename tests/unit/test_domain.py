@@ -1,4 +1,5 @@
-"""The rules the REST API and the controllers share: views, bodies, the maxAgents rule."""
+"""The rules the REST API, the controllers and the webhooks share: views, bodies, the maxAgents
+rule, reserved tenant names."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from nexus.domain.agent import (
     refuse_new_agent,
 )
 from nexus.domain.resources import TENANT_ID_LABEL
-from nexus.domain.tenant import ResourceQuota, TenantSpec, TenantStatus, tenant_body
+from nexus.domain.tenant import (
+    ResourceQuota,
+    TenantSpec,
+    TenantStatus,
+    reserved_name_problem,
+    tenant_body,
+)
 
 from ..support.fakes import agent, ready_tenant
 
@@ -105,3 +112,16 @@ def test_existing_agents_keep_their_places() -> None:
     assert refuse_agent(1, live, "new") == "exceeded quota: maxAgents=1"
     assert refuse_agent(None, live, "new") is None
     assert refuse_agent(1, live, "unknown") is None
+
+
+def test_reserved_tenant_names() -> None:
+    for name in ("default", "nexus-system", "ops", "kube-system", "kube-x"):
+        assert reserved_name_problem(name, "ops") == (
+            f"tenant name {name!r} is a system namespace; choose another name"
+        )
+    for name in ("Acme", "a_b", "-a", "a" * 64, "bot\n"):
+        assert reserved_name_problem(name, "ops") == (
+            f"tenant name {name!r} is not a valid namespace name (RFC 1123 label)"
+        )
+    assert reserved_name_problem("acme", "ops") is None
+    assert reserved_name_problem("a" * 63, "ops") is None
