@@ -2,7 +2,8 @@
 
 For each point: the floor (the bare client of ``tenant_throughput``) provisions N tenants on a
 control plane of its own; then, on another, a real ``nexus manager`` process is started, N
-tenants are created at once, and it is timed until all are Ready. Then, with the tenants
+tenants are created at once, and it is timed until all are Ready (seen by a watch in this
+process, which runs during the floor too, so that both sides pay for it). Then, with the tenants
 Ready: its RSS, its API writes over ``--window`` seconds (a full resync: 0 expected) and the
 p50/p99 of its tenant reconciles (its own ``controller_runtime_reconcile_time_seconds``,
 provisioning included). With ``--restart`` (first point only): the manager is stopped and
@@ -146,10 +147,16 @@ async def wait_ready(inf: Informer, n: int, mgr: Manager, timeout: float) -> Non
 async def floor_point(n: int) -> float:
     async with Environment(crd_paths=["config/crd/bases"]) as env, await env.api_client() as api:
         client = Client(api)
+        # The same watch of the tenants as on Nexus's side (where it tells when all are
+        # Ready), so that both sides pay for it on this machine's two cores.
+        tenants = Informer(client, TENANTS, namespace=SYSTEM)
+        tenants.start()
         try:
             await client.create(NAMESPACES, {"metadata": {"name": SYSTEM}})
+            await tenants.wait_for_sync()
             return await floor(client, n, WORKERS)
         finally:
+            await tenants.stop()
             await client.close()
 
 

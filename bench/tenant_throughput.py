@@ -2,7 +2,8 @@
 
 Nexus (the real controllers in this process) against the floor: a bare client making the
 same API writes per tenant, in the same order and staging, with no framework, no cache and no
-queue: the finalizer (a guarded JSON patch), status Provisioning, the namespace, then the six
+workqueue (each tenant is provisioned from its create's answer as soon as it exists, by as
+many sequences as Nexus has workers): the finalizer (a guarded JSON patch), status Provisioning, the namespace, then the six
 objects of its fence at once (ServiceAccount, three NetworkPolicies, ResourceQuota,
 LimitRange), then the node Deployment and Service at once, status Ready; its two Events are
 sent in the background, as Nexus's event recorder does. Each run gets a fresh control plane;
@@ -97,9 +98,15 @@ def _status(t: dict[str, Any], phase: str, reason: str, message: str) -> dict[st
 
 
 async def floor(client: Client, n: int, workers: int) -> float:
-    """The same writes as the reconciler, in the same stages, straight-line, per tenant."""
+    """The same writes as the reconciler, in the same stages, straight-line, per tenant.
+
+    Tenants are provisioned as they are created, by ``workers`` sequences, as the controller
+    does (its workers start on the first tenants while the rest are still being created); the
+    floor has each tenant from its create's answer, so it reads nothing.
+    """
     settings = controller_settings(bench_settings(workers)).tenant
     events: set[asyncio.Task[None]] = set()
+    created: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     def event(t: dict[str, Any], reason: str) -> None:
         task = asyncio.create_task(_event(client, t, reason))
@@ -109,8 +116,7 @@ async def floor(client: Client, n: int, workers: int) -> float:
     async def stage(objs: list[tuple[Resource, dict[str, Any]]]) -> None:
         await asyncio.gather(*(client.create(res, obj) for res, obj in objs))
 
-    async def provision(i: int) -> None:
-        t = await client.get(TENANTS, f"tenant-{i:05}", SYSTEM)
+    async def provision(t: dict[str, Any]) -> None:
         meta = t["metadata"]
         name = meta["name"]
         ops = [
@@ -133,9 +139,19 @@ async def floor(client: Client, n: int, workers: int) -> float:
         )
         event(t, "Ready")
 
+    async def worker() -> None:
+        while (t := await created.get()) is not None:
+            await provision(t)
+
+    async def create(i: int) -> None:
+        created.put_nowait(await client.create(TENANTS, tenant(i)))
+
     start = time.perf_counter()
-    await create_all(client, n)
-    await bounded(range(n), provision, workers)
+    workers_done = asyncio.gather(*(worker() for _ in range(workers)))
+    await bounded(range(n), create, CREATE_CONCURRENCY)
+    for _ in range(workers):
+        created.put_nowait(None)
+    await workers_done
     while events:
         await asyncio.gather(*list(events))
     return time.perf_counter() - start

@@ -306,3 +306,31 @@ def test_keep_without_a_pool_only_prunes() -> None:
         {"apiVersion": "v1", "kind": "X", "metadata": {"name": "n", "uid": "u"}, "spec": {}}
     )
     assert out == {"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}}
+
+
+# -- informer index buckets -------------------------------------------------------------------
+
+
+def test_index_buckets_hold_one_key_as_a_string_and_many_as_a_set() -> None:
+    from typing import cast
+
+    from nexus.runtime.informer import Informer
+    from nexus.runtime.resource import CONFIGMAPS
+
+    inf = Informer(cast(Any, None), CONFIGMAPS)
+
+    def obj(name: str, ns: str, rv: str = "1") -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": ns, "resourceVersion": rv}}
+
+    inf._put("a/x", obj("x", "a"))
+    assert inf.index_keys("namespace", "a") == ["a/x"]
+    inf._put("a/y", obj("y", "a"))
+    inf._put("a/y", obj("y", "a", "2"))  # an update: still two keys
+    assert inf.index_keys("namespace", "a") == ["a/x", "a/y"]
+    assert sorted(o["metadata"]["name"] for o in inf.by_index("namespace", "a")) == ["x", "y"]
+    inf._delete("a/x")
+    assert inf.index_keys("namespace", "a") == ["a/y"]
+    assert [o["metadata"]["name"] for o in inf.by_index("namespace", "a")] == ["y"]
+    inf._delete("a/y")
+    assert inf.index_keys("namespace", "a") == [] and inf.by_index("namespace", "a") == []
+    assert inf.index_sizes() == {"namespace": 0}
