@@ -147,7 +147,7 @@ preflight() {
   if [[ -f /sys/fs/cgroup/cgroup.controllers ]] && ! grep -q ' /sys/fs/cgroup/memory cgroup ' /proc/mounts; then
     skip "cgroup v2 only: the 1.20 kubelet with dockershim needs cgroup v1 here"
   fi
-  ip link add nexus-probe0 type dummy 2>/dev/null || skip "cannot create network devices (no CAP_NET_ADMIN?)"
+  ip link add nexus-probe0 type bridge 2>/dev/null || skip "cannot create network devices (no CAP_NET_ADMIN?)"
   ip link del nexus-probe0
   [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] || modprobe br_netfilter 2>/dev/null || true
   install_packages
@@ -227,7 +227,9 @@ remove_chains() {
 
 setup_network() {
   log "network: $DUMMY $NODE_IP, pods $POD_CIDR, services $SVC_CIDR (local routes only)"
-  ip link add "$DUMMY" type dummy
+  # A dummy device; kernels built without one have ifb, which drops what it is sent just so.
+  ip link add "$DUMMY" type dummy 2>/dev/null || ip link add "$DUMMY" type ifb \
+    || die "cannot create the $DUMMY device (neither dummy nor ifb)"
   ip addr add "$NODE_IP/24" dev "$DUMMY"
   ip link set "$DUMMY" up
   # Until cni0 exists (and for every address without a pod), pod and service addresses go to
@@ -473,7 +475,7 @@ build_images() {
     tarball="$("$ROOT/hack/local-base-image.sh")"
     log "image $BASE_IMAGE (docker import of $tarball)"
     "${DOCKER[@]}" import \
-      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'ENV PATH=/opt/python3.12/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' "$tarball" "$BASE_IMAGE" >/dev/null
   fi
   log "image $NODE_IMAGE (images/astromesh-node)"

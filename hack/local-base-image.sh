@@ -72,11 +72,6 @@ done
 # The binaries' RUNPATH names the original prefix: let the dynamic loader find libpython.
 echo "$dest/lib" >"$ROOTFS/etc/ld.so.conf.d/python${PY_VERSION%.*}.conf"
 chroot "$ROOTFS" /sbin/ldconfig
-for name in python3 python pip3 pip; do
-  target="python${PY_VERSION%.*}"; [[ $name == pip* ]] && target="pip${PY_VERSION%.*}"
-  ln -sf "$dest/bin/$target" "$ROOTFS/usr/local/bin/$name"
-done
-
 # The machine's own extra CAs (/usr/local/share/ca-certificates), so that pip inside image
 # builds trusts what the machine trusts (a TLS-terminating proxy, for one); and pip told to use
 # the system bundle rather than its vendored one.

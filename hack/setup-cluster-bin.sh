@@ -23,6 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/k8s-source.sh"
 has_all() {
   local b
   for b in "${BINARIES[@]}"; do [[ -x "$1/$b" ]] || return 1; done
+  [[ -s "$1/pause.version" ]]
 }
 
 if has_all "$CACHE_DIR"; then
@@ -89,9 +90,11 @@ if ((${#missing[@]})); then
 fi
 
 # The pod sandbox's init process, as the upstream build makes it (build/pause/Makefile).
-pause_tag="$(awk -F' *= *' '/^TAG *\?= */ {print $2; exit}' build/pause/Makefile)"
-[[ -n "$pause_tag" ]] || pause_tag=unknown
+pause_tag="$(sed -n 's/^TAG[[:space:]]*[?:]*=[[:space:]]*\([0-9][0-9.]*\).*/\1/p' build/pause/Makefile | head -n1)"
+[[ -n "$pause_tag" ]] || die "cannot read the pause version from build/pause/Makefile"
+
 log "compiling pause $pause_tag"
+mkdir -p _output
 quiet "gcc pause" gcc -Os -Wall -Werror -static -DVERSION="v$pause_tag-nexus" \
   -o _output/pause build/pause/linux/pause.c
 strip _output/pause
