@@ -71,6 +71,14 @@ SYSCTLS=(
 STRAY_PATHS=(/var/log/pods /var/log/containers /var/lib/kubelet /etc/docker/key.json /etc/docker /run/docker /var/lib/dockershim)
 CHAIN_RE='^(KUBE-|CNI-|NEXUS-)'
 TABLES=(filter nat mangle raw)
+# Both iptables backends: a component may use either. The legacy one only once its tables
+# exist (listing them would create them).
+ipt_cmds() {
+  echo iptables; echo ip6tables
+  [[ -s /proc/net/ip_tables_names ]] && command -v iptables-legacy >/dev/null && echo iptables-legacy
+  [[ -s /proc/net/ip6_tables_names ]] && command -v ip6tables-legacy >/dev/null && echo ip6tables-legacy
+  return 0
+}
 PROCS=(kube-proxy kubelet kube-scheduler kube-controller-manager dockerd kube-apiserver etcd)
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
@@ -82,7 +90,8 @@ kubectl() { "$ENVTEST/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
 
 start_proc() {  # NAME CMD...: in its own session, logs in $STATE/logs/NAME.log
   local name="$1"; shift
-  setsid "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 &
+  # Not with the lock of this script (fd 7): a daemon holding it would block every later call.
+  setsid "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 7>&- &
   echo $! >"$STATE/run/$name.pid"
 }
 
@@ -169,7 +178,7 @@ record_baseline() {
   for s in "${SYSCTLS[@]}"; do
     [[ -e "/proc/sys/${s//.//}" ]] && printf '%s=%s\n' "$s" "$(sysctl -n "$s")" >>"$BASELINE/sysctl"
   done
-  for cmd in iptables ip6tables; do
+  for cmd in $(ipt_cmds); do
     for t in "${TABLES[@]}"; do
       { "$cmd" -w -t "$t" -S 2>/dev/null || true; } | awk '/^-N/ {print $2}' >"$BASELINE/$cmd-$t.chains"
     done
@@ -200,7 +209,7 @@ new_chains() {  # CMD TABLE [BASELINE_DIR]: chains of ours that did not exist be
 
 remove_chains() {
   local cmd t chain line target
-  for cmd in iptables ip6tables; do
+  for cmd in $(ipt_cmds); do
     for t in "${TABLES[@]}"; do
       mapfile -t ours < <(new_chains "$cmd" "$t")
       ((${#ours[@]})) || continue
@@ -418,6 +427,9 @@ serializeImagePulls: false
 # Local images cannot be pulled again: never collect them, never evict for disk.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# CPU limits count for scheduling but do not throttle: on a 2-core node, a throttled Python
+# process starts so slowly that its liveness probe kills it.
+cpuCFSQuota: false
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 rotateCertificates: false
 EOF
@@ -547,6 +559,13 @@ seed_dev_account() {
     kubectl get pods -A -o wide >&2 || true
     die "the dev tenant is $phase after 180s (its node pod: kubectl get pods -A)"
   fi
+  local ns
+  ns="$(api GET "/api/v1/tenants/$tenant" -H "Authorization: Bearer $token" | jq -r .namespace)"
+  wait_for "the dev tenant's node pod" 60 kubectl -n "$ns" get pod -l app.kubernetes.io/name=astromesh-node -o name --no-headers -o jsonpath='{.items[0].metadata.name}'
+  if ! kubectl -n "$ns" wait pod -l app.kubernetes.io/name=astromesh-node --for=condition=Ready --timeout=180s >/dev/null; then
+    kubectl -n "$ns" describe pods >&2 || true
+    die "the dev tenant's node pod (namespace $ns) is not Ready"
+  fi
   key="$(api POST "/api/v1/tenants/$tenant/keys" -H "Authorization: Bearer $token" -d '{"label":"dev"}' | jq -r .rawKey)"
   (umask 077; cat >"$STATE/dev-account.env" <<EOF
 NEXUS_URL=$NEXUS_URL
@@ -665,7 +684,7 @@ cmd_check_clean() {
   for p in "$POD_CIDR" "$SVC_CIDR" "$NODE_NET"; do
     ip route show "$p" | grep -q . && bad+=("route $p")
   done
-  for cmd in iptables ip6tables; do
+  for cmd in $(ipt_cmds); do
     for t in "${TABLES[@]}"; do
       while read -r d; do [[ -n $d ]] && bad+=("$cmd chain $t/$d"); done < <(new_chains "$cmd" "$t" "$BASELINE")
     done
@@ -705,7 +724,7 @@ cmd_env() {
 
 with_lock() {
   mkdir -p "$CACHE"
-  exec 7>"$CACHE/cluster.lock"
+  exec 7>"$CACHE/.cluster-sh.lock"
   flock -n 7 || { log "another hack/cluster.sh is running; waiting for it"; flock 7; }
   "$@"
 }

@@ -39,3 +39,4 @@ async def test_replacement_manager_keeps_users_tenants_and_keys(
     dev_key = cluster.dev["NEXUS_DEV_API_KEY"]
     status, _ = await api.call("GET", "/api/v1/agents", headers={"X-API-Key": dev_key})
     assert status == 200
+    await api.call("DELETE", f"/api/v1/tenants/{tenant['id']}", 200, headers=again)

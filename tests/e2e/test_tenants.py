@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -49,15 +50,20 @@ async def wait_agent_running(api: Api, key: str, name: str, timeout: float = 180
 
 
 @pytest.fixture(scope="module")
-async def two_tenants(api: Api) -> list[dict[str, Any]]:
+async def two_tenants(api: Api) -> AsyncIterator[list[dict[str, Any]]]:
     auth = await api.user(f"e2e-{secrets.token_hex(4)}@example.com")
     out = []
-    for label in ("a", "b"):
-        t = await api.tenant(auth, f"E2E tenant {label}")
-        out.append({**t, "auth": auth, "key": await api.key(auth, t["id"])})
-    for t in out:
-        t.update(await api.wait_tenant_ready(auth, t["id"]))
-    return out
+    try:
+        for label in ("a", "b"):
+            t = await api.tenant(auth, f"E2E tenant {label}")
+            out.append({**t, "auth": auth, "key": await api.key(auth, t["id"])})
+        for t in out:
+            t.update(await api.wait_tenant_ready(auth, t["id"]))
+        yield out
+    finally:
+        # The node has room for a few tenants only: leave it as it was.
+        for t in out:
+            await api.call("DELETE", f"/api/v1/tenants/{t['id']}", headers=auth)
 
 
 async def test_each_tenant_gets_a_running_ready_node_pod(
@@ -146,9 +152,11 @@ async def test_deleting_a_tenant_removes_its_namespace_and_pods(
 ) -> None:
     auth = await api.user(f"e2e-del-{secrets.token_hex(4)}@example.com")
     t = await api.tenant(auth, "E2E doomed")
-    t = await api.wait_tenant_ready(auth, t["id"])
-    await ready_node_pod(cluster, t["namespace"])
-    await api.call("DELETE", f"/api/v1/tenants/{t['id']}", 200, headers=auth)
+    try:
+        t = await api.wait_tenant_ready(auth, t["id"])
+        await ready_node_pod(cluster, t["namespace"])
+    finally:
+        await api.call("DELETE", f"/api/v1/tenants/{t['id']}", 200, headers=auth)
 
     async def gone() -> bool:
         out = await cluster.akubectl("get", "namespace", t["namespace"], check=False)
