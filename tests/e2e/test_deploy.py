@@ -41,9 +41,10 @@ async def test_manager_is_the_deployment_pod_from_the_dockerfile_image(cluster: 
     docker = [
         "/usr/bin/docker", "-H", f"unix://{cluster.kubeconfig.parent / 'docker' / 'docker.sock'}",
     ]  # fmt: skip
-    inspect = json.loads(
-        subprocess.run([*docker, "image", "inspect", image], capture_output=True, check=True).stdout
-    )[0]
+    out = await asyncio.to_thread(
+        subprocess.run, [*docker, "image", "inspect", image], capture_output=True, check=True
+    )
+    inspect = json.loads(out.stdout)[0]
     assert inspect["Config"]["Labels"]["org.opencontainers.image.title"] == "nexus"
     assert inspect["Config"]["User"] == "65532:65532"
     status = pod["status"]["containerStatuses"][0]

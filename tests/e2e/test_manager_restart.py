@@ -8,9 +8,7 @@ from .cluster import SYSTEM_NS, Api, Cluster, eventually, pod_ready
 from .test_deploy import forbidden_lines
 
 
-async def test_replacement_manager_keeps_users_tenants_and_keys(
-    cluster: Cluster, api: Api
-) -> None:
+async def test_replacement_manager_keeps_users_tenants_and_keys(cluster: Cluster, api: Api) -> None:
     email = f"e2e-pvc-{secrets.token_hex(4)}@example.com"
     auth = await api.user(email)
     tenant = await api.tenant(auth, "E2E durable")

@@ -147,9 +147,7 @@ async def _has_agent(pod: dict[str, Any], name: str) -> bool:
         return False
 
 
-async def test_deleting_a_tenant_removes_its_namespace_and_pods(
-    cluster: Cluster, api: Api
-) -> None:
+async def test_deleting_a_tenant_removes_its_namespace_and_pods(cluster: Cluster, api: Api) -> None:
     auth = await api.user(f"e2e-del-{secrets.token_hex(4)}@example.com")
     t = await api.tenant(auth, "E2E doomed")
     try:
