@@ -206,8 +206,10 @@ def main() -> None:
             down()
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        print(table([(k, str(v)) for k, v in results.items()]))
+        return
+    print(table([(k, str(v)) for k, v in results.items()]))
+    # The headline line, as every benchmark prints it last.
+    print(" ".join(f"{k}={v}" for k, v in results.items()))
 
 
 if __name__ == "__main__":
