@@ -41,6 +41,9 @@ NEXUS_SVC_IP=10.96.0.80
 NEXUS_URL="http://$NEXUS_SVC_IP:8080"
 ETCD_PORT=2379
 API_PORT=6443
+# Routing table and rule priority of the pods' own routes (see setup_network).
+POD_RT_TABLE=2510
+POD_RT_PREF=2510
 
 DOCKER_BIN=/usr/bin/docker        # Debian's client: another may come first on PATH
 DOCKER_SOCK="$STATE/docker/docker.sock"
@@ -245,6 +248,16 @@ setup_network() {
   # the dummy device, which drops what it is given: never to the default route.
   ip route add "$POD_CIDR" dev "$DUMMY" src "$NODE_IP"
   ip route add "$SVC_CIDR" dev "$DUMMY" src "$NODE_IP"
+  # What pods send is routed by a table of its own, which knows only the cluster's ranges:
+  # anything else is unreachable, so no packet from a pod can take the default route, whatever
+  # the filter rules say. The bridge is created here (the CNI plugin adopts it) for the table.
+  ip link add "$BRIDGE" type bridge
+  ip link set "$BRIDGE" up
+  ip route add "$NODE_POD_CIDR" dev "$BRIDGE" table "$POD_RT_TABLE"
+  ip route add "$POD_CIDR" dev "$DUMMY" table "$POD_RT_TABLE"
+  ip route add "$SVC_CIDR" dev "$DUMMY" table "$POD_RT_TABLE"
+  ip route add unreachable default table "$POD_RT_TABLE"
+  ip rule add pref "$POD_RT_PREF" iif "$BRIDGE" lookup "$POD_RT_TABLE"
   local addr dev
   for addr in "${NODE_IP}" "${NODE_POD_CIDR%.*}.10" "${POD_CIDR%.*.*}.200.1" "$API_SVC_IP" "$NEXUS_SVC_IP"; do
     dev="$(ip -o route get "$addr" | sed -n 's/.* dev \([^ ]*\).*/\1/p')"
@@ -652,6 +665,8 @@ cmd_down() {
   stop_proc kube-apiserver 10
   stop_proc etcd 10
   unmount_under "$STATE/" "$DOCKER_ROOT/" /var/lib/kubelet/
+  while ip rule del pref "$POD_RT_PREF" 2>/dev/null; do :; done
+  ip route flush table "$POD_RT_TABLE" 2>/dev/null || true
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
   ip link show docker0 >/dev/null 2>&1 && ! grep -qx docker0 "$STATE/baseline/links" 2>/dev/null && ip link del docker0
   ip link show "$DUMMY" >/dev/null 2>&1 && ip link del "$DUMMY"  # its routes go with it
@@ -684,6 +699,8 @@ cmd_check_clean() {
   for p in "$POD_CIDR" "$SVC_CIDR" "$NODE_NET"; do
     ip route show "$p" | grep -q . && bad+=("route $p")
   done
+  ip rule show pref "$POD_RT_PREF" | grep -q . && bad+=("ip rule $POD_RT_PREF")
+  ip route show table "$POD_RT_TABLE" 2>/dev/null | grep -q . && bad+=("routing table $POD_RT_TABLE")
   for cmd in $(ipt_cmds); do
     for t in "${TABLES[@]}"; do
       while read -r d; do [[ -n $d ]] && bad+=("$cmd chain $t/$d"); done < <(new_chains "$cmd" "$t" "$BASELINE")
