@@ -48,10 +48,12 @@ class Cluster:
     kubectl_bin: str
     dev: dict[str, str]
 
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> str:
+    def kubectl(
+        self, *args: str, check: bool = True, timeout: float = 120, stdin: str | None = None
+    ) -> str:
         out = subprocess.run(
             [self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True, text=True, timeout=timeout, check=False, input=stdin,
         )  # fmt: skip
         if check and out.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
@@ -60,8 +62,8 @@ class Cluster:
     def get(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json"))
 
-    async def akubectl(self, *args: str, check: bool = True) -> str:
-        return await asyncio.to_thread(self.kubectl, *args, check=check)
+    async def akubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        return await asyncio.to_thread(self.kubectl, *args, check=check, stdin=stdin)
 
     async def aget(self, *args: str) -> Any:
         return await asyncio.to_thread(self.get, *args)
