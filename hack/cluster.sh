@@ -650,7 +650,6 @@ remove_cgroups() {
 }
 
 cmd_down() {
-  ENVTEST="${ENVTEST:-$("$ROOT/hack/setup-envtest.sh" 2>/dev/null || true)}"
   log "stopping the cluster"
   # The kubelet first, so that it recreates nothing; then every container, then the rest.
   local name

@@ -21,10 +21,10 @@ def forbidden_lines(log: str) -> list[str]:
 async def test_walkthrough_through_the_in_cluster_api(cluster: Cluster) -> None:
     proc = await asyncio.create_subprocess_exec(
         "bash", str(ROOT / "hack" / "walkthrough.sh"),
-        env={**os.environ, "NEXUS_URL": cluster.url, "WALKTHROUGH_TIMEOUT": "150"},
+        env={**os.environ, "NEXUS_URL": cluster.url, "WALKTHROUGH_TIMEOUT": "120"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), 400)
+    out, _ = await asyncio.wait_for(proc.communicate(), 280)
     text = out.decode()
     assert proc.returncode == 0, text
     assert "walkthrough passed" in text
