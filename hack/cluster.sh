@@ -71,7 +71,7 @@ SYSCTLS=(
   net.netfilter.nf_conntrack_tcp_timeout_close_wait
 )
 # Paths the kubelet and dockerd write outside their configured folders.
-STRAY_PATHS=(/var/log/pods /var/log/containers /var/lib/kubelet /etc/docker/key.json /etc/docker /run/docker /var/lib/dockershim)
+STRAY_PATHS=(/var/log/pods /var/log/containers /var/lib/kubelet /etc/docker/key.json /etc/docker /run/docker /run/containerd /var/lib/dockershim)
 CHAIN_RE='^(KUBE-|CNI-|NEXUS-)'
 TABLES=(filter nat mangle raw)
 # Both iptables backends: a component may use either. The legacy one only once its tables
