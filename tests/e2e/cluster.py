@@ -94,9 +94,10 @@ async def eventually[T](
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
+        got = await probe()
+        if got:
+            return got
+        last = got
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 

@@ -21,7 +21,7 @@ async def route_device(addr: str) -> str:
     return str(json.loads(out)[0]["dev"])
 
 
-async def test_node_pod_and_service_addresses_are_routed_to_local_devices() -> None:
+async def test_node_pod_and_service_addresses_are_routed_to_local_devices(cluster: Cluster) -> None:
     for addr in ("10.250.0.1", "10.244.0.77", "10.244.200.1", "10.96.0.1", UNALLOCATED_SERVICE_IP):
         assert await route_device(addr) in LOCAL_DEVICES, addr
 
@@ -51,7 +51,7 @@ async def test_pods_get_no_nameserver(cluster: Cluster) -> None:
     assert "nameserver" not in conf, conf
 
 
-async def test_the_node_routes_nothing_from_a_pod_off_the_node() -> None:
+async def test_the_node_routes_nothing_from_a_pod_off_the_node(cluster: Cluster) -> None:
     """Asked of the routing tables (`ip route get ... iif cni0`): no packet is sent."""
     proc = await asyncio.create_subprocess_exec(
         "ip", "-j", "route", "show", "default", stdout=asyncio.subprocess.PIPE

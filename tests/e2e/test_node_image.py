@@ -23,7 +23,7 @@ from .cluster import AGENT_YAML, SYSTEM_NS, Cluster, eventually, pod_ready
 
 def node_image(cluster: Cluster) -> str:
     deploy = cluster.get("deployment", "-n", SYSTEM_NS, "nexus-controller-manager")
-    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    args: list[str] = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     return next(a.split("=", 1)[1] for a in args if a.startswith("--node-image="))
 
 
