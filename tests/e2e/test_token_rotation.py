@@ -112,6 +112,10 @@ async def test_manager_picks_up_a_rotated_token_without_a_restart(
     await eventually(revoked, 60, "the old token revoked (the API server caches Secrets)")
     # The same process keeps working: its Lease renewals, and a tenant through the API.
     await asyncio.sleep(15)  # longer than the Lease's renew deadline
+    [now] = await cluster.manager_pods()
+    assert now["status"]["containerStatuses"][0]["restartCount"] == restarts, (
+        "the manager exited after its old token was revoked: it did not pick up the new token"
+    )
     auth = await api.user(f"e2e-rot-{secrets.token_hex(4)}@example.com")
     status, tenant = await api.call(
         "POST", "/api/v1/tenants", headers=auth,
