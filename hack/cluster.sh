@@ -522,6 +522,20 @@ deploy_nexus() {
     kubectl -n nexus-system create secret generic nexus-jwt \
       --from-literal=secret="$(openssl rand -base64 48 | tr -d '\n')" >/dev/null
   fi
+  # The admission webhooks' serving certificate (config/default mounts it; failurePolicy is
+  # Fail, so without it nothing of Nexus could be created). The manager writes the CA into the
+  # webhook configurations itself. The API server runs on the node and reaches the webhook
+  # Service's endpoint (the manager pod's IP) directly, so the service name need not resolve.
+  if ! kubectl -n nexus-system get secret nexus-webhook-server-cert >/dev/null 2>&1; then
+    local certs
+    certs="$(mktemp -d)"
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-$ROOT/.venv/bin/python}" -m nexus.runtime.webhook \
+      --host nexus-webhook-service.nexus-system.svc --out "$certs" >/dev/null \
+      || { rm -rf "$certs"; die "could not make the webhook certificate"; }
+    kubectl -n nexus-system create secret generic nexus-webhook-server-cert --from-file="$certs" >/dev/null \
+      || { rm -rf "$certs"; die "could not create the webhook certificate Secret"; }
+    rm -rf "$certs"
+  fi
   # The SQLite claim's volume: a folder on the node, writable by the manager's uid.
   mkdir -p "$STATE/volumes/nexus-data"
   chown 65532:65532 "$STATE/volumes/nexus-data"
