@@ -2,10 +2,10 @@
 
 As a kubelet rotates a token: the token file of the running pod is swapped for a second valid
 token of the same ServiceAccount (written into the pod's volume on the node the way the kubelet
-writes it: a new timestamped folder, then an atomic rename of ``..data``), the manager is given
-a token-refresh period, and then the old token is revoked (its Secret is made to hold the new
-one, which also keeps the kubelet from writing the old one back). Runs last (the file name):
-the manager then lives on the second Secret's token.
+writes it: a new timestamped folder, then an atomic rename of ``..data``) at the moment the old
+token is revoked (its Secret is made to hold the new one, which also keeps the kubelet from
+writing the old one back). No grace period: the manager must use the new file at once. Runs
+last (the file name): the manager then lives on the second Secret's token.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import asyncio
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,8 @@ import yaml
 from .cluster import STATE, SYSTEM_NS, Api, Cluster, eventually, pod_ready
 
 SA = "nexus-controller-manager"
-# How long a client may keep using a token file it read (client-go re-reads it every minute).
-REFRESH_GRACE = 75
+# The API server's refusal of a revoked token, as the client library or the manager logs it.
+UNAUTHORIZED = re.compile(r"\b401\b|unauthorized", re.IGNORECASE)
 
 
 def jwt_claims(token: str) -> dict[str, Any]:
@@ -90,21 +92,23 @@ async def test_manager_picks_up_a_rotated_token_without_a_restart(
         STATE / "kubelet" / "pods" / pod["metadata"]["uid"] / "volumes"
         / "kubernetes.io~secret" / volume_name
     )  # fmt: skip
-    await asyncio.to_thread(swap_token_file, volume, new)
-    seen = await cluster.akubectl(
-        "exec", "-n", SYSTEM_NS, pod["metadata"]["name"], "--",
-        "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token",
-    )  # fmt: skip
-    assert seen.strip() == new
-    await asyncio.sleep(REFRESH_GRACE)
-
-    # Revoke the old token: a Secret token is valid only while its Secret holds it.
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Revoke the old token (a Secret token is valid only while its Secret holds it) and give
+    # the pod the new one, as a rotation does: the mounted Secret now holds the new token, so
+    # the kubelet's resync of the volume writes the same file, never the old token back.
     await cluster.akubectl(
         "patch", "secret", "-n", SYSTEM_NS, mounted, "-p", json.dumps({"data": {"token": new_b64}})
     )
     minted_for = jwt_claims(old)["kubernetes.io/serviceaccount/secret.name"]
     if minted_for != mounted:  # an earlier rotation left the pod on another Secret's token
         await cluster.akubectl("delete", "secret", "-n", SYSTEM_NS, minted_for)
+    await asyncio.sleep(1)  # the kubelet watches Secrets: let it see the new content first
+    await asyncio.to_thread(swap_token_file, volume, new)
+    seen = await cluster.akubectl(
+        "exec", "-n", SYSTEM_NS, pod["metadata"]["name"], "--",
+        "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    )  # fmt: skip
+    assert seen.strip() == new
 
     async def revoked() -> bool:
         return await api_server_status(cluster, old) == 401
@@ -130,3 +134,10 @@ async def test_manager_picks_up_a_rotated_token_without_a_restart(
     [after] = await cluster.manager_pods()
     assert after["metadata"]["uid"] == pod["metadata"]["uid"]
     assert after["status"]["containerStatuses"][0]["restartCount"] == restarts, "it restarted"
+    # Not one request with the revoked token: the new file was used from the next request on.
+    log = await cluster.akubectl(
+        "logs", "-n", SYSTEM_NS, pod["metadata"]["name"], "-c", "manager", f"--since-time={since}"
+    )
+    assert "tokenfile.rotated" in log, log[-2000:]
+    unauthorized = [line for line in log.splitlines() if UNAUTHORIZED.search(line)]
+    assert not unauthorized, unauthorized[:5]
