@@ -93,11 +93,13 @@ async def start_manager(
         f"--kubeconfig={kubeconfig}",
         f"--api-bind-address=127.0.0.1:{port}",
         f"--health-probe-bind-address=127.0.0.1:{free_port()}",
+        "--webhook-bind-address=127.0.0.1:0",
         "--metrics-bind-address=0",
         f"--database={database}",
         "--leader-elect",
         f"--leader-election-id={LEASE}",
         "--node-endpoint=http://127.0.0.1:9",
+        "--no-wait-for-node",
         "--node-image=astromesh/node:bench",
         # The node is down on purpose; do not let retries compete with the API for the CPU.
         "--error-requeue=3600",

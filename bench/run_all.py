@@ -25,17 +25,21 @@ from bench.common import table
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 #: Not benchmarks.
-SKIP = {"__init__", "common", "run_all"}
+SKIP = {"__init__", "common", "run_all", "memtrace"}
 #: The order to run them in (cheap first); anything else found in bench/ runs afterwards.
 ORDER = [
     "workqueue",
     "cache_memory",
     "tenant_throughput",
     "steady_state",
+    "api_breakdown",
     "api_throughput",
     "login",
     "soak",
+    "scale_curve",
 ]
+#: Arguments that keep a benchmark within ``--timeout`` here (run it alone for the full set).
+ARGS = {"scale_curve": ["--points", "1000,2000"]}
 _PAIR = re.compile(r"^[A-Za-z_][\w.]*=\S+$")
 
 
@@ -121,7 +125,7 @@ async def main() -> None:
     only = set(args.only.split(",")) if args.only else None
     outcomes = []
     for name in discover(only):
-        extra = ["--minutes", str(args.soak_minutes)] if name == "soak" else []
+        extra = ["--minutes", str(args.soak_minutes)] if name == "soak" else ARGS.get(name, [])
         timeout = args.timeout + (args.soak_minutes * 60 if name == "soak" else 0)
         print(f"running bench.{name} {' '.join(extra)}".rstrip(), flush=True)
         outcome = await run(name, extra, timeout)

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import memtrace
 from bench.common import table
 from nexus.domain.resources import AGENTS, TENANTS
 from nexus.runtime.client import Client
@@ -42,6 +43,21 @@ from tests.support.node import AstromeshNode
 
 SYSTEM = "nexus-system"
 CONVERGE_TIMEOUT = 60.0
+
+
+class SoakManager(NexusManager):
+    """The manager, under tracemalloc when ``NEXUS_TRACEMALLOC=1`` (snapshots diffs in
+    ``<workdir>/tracemalloc.txt``, every ``NEXUS_TRACEMALLOC_INTERVAL`` s; see memtrace)."""
+
+    def args(self) -> list[str]:
+        args = super().args()
+        module = args.index("nexus.cli")
+        return [
+            *memtrace.wrap(["nexus.cli"], self.workdir / "tracemalloc.txt"),
+            *args[module + 1 :],
+        ]
+
+
 PASSWORD = "soak-password-123"
 
 
@@ -318,12 +334,16 @@ async def main() -> None:
         async with env, await env.api_client() as api_client:
             kube = Client(api_client)
             await kube.create(NAMESPACES, {"metadata": {"name": SYSTEM}})
-            mgr = NexusManager(
+            mgr = SoakManager(
                 env.kubeconfig_path,
                 workdir,
                 node_url=node.url,
                 api=True,
-                extra=["--log-level=warning", "--error-requeue=5"],
+                extra=[
+                    "--log-level=warning",
+                    "--error-requeue=5",
+                    "--webhook-bind-address=127.0.0.1:0",
+                ],
             )
             await mgr.start()
             try:
@@ -373,10 +393,13 @@ async def main() -> None:
          f"{max(r for _, r in stats.rss) / 2**20:.0f} MiB"),
         ("manager RSS mean by quarter", " / ".join(f"{v / 2**20:.1f}" for v in q) + " MiB"),
         ("RSS last vs second quarter", f"{growth:+.1f} %"),
+        ("RSS last vs third quarter", f"{100 * (q[3] - q[2]) / q[2]:+.1f} %"),
         ("errors (bench / manager log)", f"{len(stats.errors)} / {len(logged)}"),
         ("verdict", "PASS" if flat and errors == 0 else "FAIL"),
     ]  # fmt: skip
     print(table(rows))
+    if memtrace.enabled():
+        print(f"tracemalloc snapshots: {workdir / 'tracemalloc.txt'}")
     for line in (stats.errors + logged)[:10]:
         print(f"  {line[:300]}")
     ready = stats.latencies.get("tenant create->Ready", [])

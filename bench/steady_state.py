@@ -14,18 +14,21 @@ import argparse
 import asyncio
 import os
 import re
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
+from bench import memtrace
 from bench.common import bounded, table
 from bench.tenant_throughput import SYSTEM, tenant
 from nexus.domain.resources import TENANTS
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, free_port
 from nexus.runtime.resource import NAMESPACES
+
+LOG = Path(tempfile.gettempdir()) / "nexus-bench-steady-state.log"
 
 _WRITE = re.compile(
     r'^rest_client_requests_total\{[^}]*method="(POST|PUT|PATCH|DELETE)"[^}]*\} (\S+)$'
@@ -64,21 +67,23 @@ async def main() -> None:
 
         await bounded(range(args.n), create, 64)
         metrics_port = free_port()
+        log = LOG.open("wb")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "nexus.cli",
-            "manager",
+            *memtrace.wrap(["nexus.cli", "manager"], LOG.with_suffix(".tracemalloc.txt")),
             f"--kubeconfig={env.kubeconfig_path}",
             f"--metrics-bind-address=127.0.0.1:{metrics_port}",
             "--health-probe-bind-address=127.0.0.1:0",
+            "--webhook-bind-address=127.0.0.1:0",
             "--api-bind-address=0",
             "--node-endpoint=http://127.0.0.1:9",
+            "--no-wait-for-node",
             "--node-image=astromesh/node:bench",
             "--log-level=warning",
             stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
             env={**os.environ},
         )
+        log.close()
         try:
             start = time.monotonic()
             while True:
@@ -86,6 +91,8 @@ async def main() -> None:
                 ready = sum(1 for t in items if (t.get("status") or {}).get("phase") == "Ready")
                 if ready >= args.n:
                     break
+                if proc.returncode is not None:
+                    raise SystemExit(f"the manager exited with {proc.returncode}; see {LOG}")
                 await asyncio.sleep(0.5)
             provisioned = time.monotonic() - start
             await asyncio.sleep(5)  # events and last status writes settle

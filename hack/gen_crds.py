@@ -150,6 +150,12 @@ TENANT = crd(
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Namespace", "type": "string", "jsonPath": ".status.namespace"},
         {"name": "Agents", "type": "integer", "jsonPath": ".status.agentCount"},
+        {
+            "name": "Node",
+            "type": "string",
+            "description": "Whether the tenant's astromesh-node is available",
+            "jsonPath": '.status.conditions[?(@.type=="NodeAvailable")].status',
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
     description="NexusTenant is a tenant of Nexus: one namespace and one astromesh-node.",

@@ -24,10 +24,15 @@ from nexus.api.server import ApiServer
 from nexus.api.store import open_store
 from nexus.controllers.agent import AgentSettings
 from nexus.controllers.fence import FenceSettings, parse_cidrs
-from nexus.controllers.setup import Controllers, ControllerSettings, setup_controllers
+from nexus.controllers.setup import (
+    Controllers,
+    ControllerSettings,
+    node_pods,
+    setup_controllers,
+)
 from nexus.controllers.tenant import TenantSettings
 from nexus.domain.tenant import ResourceQuota
-from nexus.node import NodeClient, NodeEndpoints
+from nexus.node import NodeClient, NodeEndpoints, per_tenant_endpoint
 from nexus.runtime import Manager, ManagerOptions
 from nexus.runtime.healthz import parse_bind_address
 from nexus.runtime.informer import InformerOptions
@@ -97,6 +102,9 @@ def controller_settings(s: ManagerSettings) -> ControllerSettings:
             error_retry=s.error_requeue,
             node_run_as_user=s.node_run_as_user,
             fence=fence_settings(s),
+            wait_for_node=s.wait_for_node,
+            # Pruning a node that every tenant shares would remove other tenants' agents.
+            prune_orphans=per_tenant_endpoint(s.node_endpoint),
         ),
         agent=AgentSettings(
             system_namespace=s.namespace,
@@ -167,8 +175,10 @@ class Nexus:
     def __init__(self, api: k8s_client.ApiClient, settings: ManagerSettings) -> None:
         self.settings = settings
         self.manager = Manager(api, manager_options(settings))
+        # Declared before anything reads the cache: the ``pod`` endpoint reads node pods.
+        node_pods(self.manager)
         self.node = NodeClient(
-            NodeEndpoints(settings.node_endpoint, self.manager.client),
+            NodeEndpoints(settings.node_endpoint, self.manager.client, self.manager.cache),
             timeout=settings.node_timeout,
         )
         # Added first, so stopped last: after the controllers and the API that use it.

@@ -48,7 +48,17 @@ class ManagerSettings(BaseSettings):
     retry_period: float = Field(2.0, gt=0, description="Pause between leader-election attempts (s)")
     node_endpoint: str = Field(
         "dns",
-        description='How to reach tenant nodes: "dns", "proxy", or a URL/template with {namespace}',
+        description=(
+            'How to reach tenant nodes: "dns", "proxy", "pod" (the Ready node pod\'s IP), or a '
+            "URL/template with {namespace}"
+        ),
+    )
+    wait_for_node: bool = Field(
+        True,
+        description=(
+            "Tenant Ready (and its agents deployed) only once its node Deployment is available; "
+            "--no-wait-for-node for control planes without kubelets"
+        ),
     )
     node_timeout: float = Field(
         10.0, gt=0, description="Time limit of one call to a tenant's node (s)"

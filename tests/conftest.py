@@ -17,6 +17,9 @@ from nexus.runtime.resource import NAMESPACES, Resource
 from .support.postgres import PostgresServer, find_bindir
 from .support.stores import StoreBackend
 
+# Fixtures shared by several directories: a local node agent, a manager with per-tenant nodes.
+pytest_plugins = ["tests.support.localnode", "tests.support.tenantnodes"]
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CRDS = ROOT / "tests" / "fixtures" / "crds"
 NEXUS_CRDS = ROOT / "config" / "crd" / "bases"

@@ -142,17 +142,20 @@ async def authenticate(request: web.Request) -> Principal:
     bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
     sent_key = request.headers.get("X-API-Key")
     try:
-        if sent_key is not None and await _resolve_key(c, hash_secret(sent_key)) is None:
-            raise ApiProblem(401, "missing or invalid credentials")
+        resolved = None
+        if sent_key is not None:
+            # Resolved once: it is also the key the request acts with if no token is valid.
+            resolved = await _resolve_key(c, hash_secret(sent_key))
+            if resolved is None:
+                raise ApiProblem(401, "missing or invalid credentials")
         if bearer and not looks_like_api_key(bearer):
             user = await _user_from_token(c, bearer)
             if user is not None:
                 return Principal(user=user)
-        raw_key = sent_key or (bearer if bearer and looks_like_api_key(bearer) else None)
-        if raw_key:
-            resolved = await _resolve_key(c, hash_secret(raw_key))
-            if resolved is not None:
-                return Principal(key=resolved[0], key_tenant=resolved[1])
+        if resolved is None and bearer and looks_like_api_key(bearer):
+            resolved = await _resolve_key(c, hash_secret(bearer))
+        if resolved is not None:
+            return Principal(key=resolved[0], key_tenant=resolved[1])
     except StoreError:
         raise ApiProblem(503, "the credential store is unavailable") from None
     raise ApiProblem(401, "missing or invalid credentials")

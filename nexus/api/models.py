@@ -98,10 +98,21 @@ class TenantOut(BaseModel):
     crName: str  # noqa: N815
     displayName: str  # noqa: N815
     nodeProfile: str  # noqa: N815
-    phase: str
+    phase: str = Field(
+        description="Pending, Provisioning (also while the node is not available), Ready or Error"
+    )
     namespace: str | None = None
-    nodeEndpoint: str | None = None  # noqa: N815
+    nodeEndpoint: str | None = Field(  # noqa: N815
+        None, description="The node's in-cluster URL; set once the tenant is Ready"
+    )
     agentCount: int = 0  # noqa: N815
+    nodeAvailable: bool = Field(  # noqa: N815
+        False,
+        description=(
+            "Whether the tenant's astromesh-node has an available pod (its Deployment's status); "
+            "false until the node first answers its readiness probe, and while it restarts"
+        ),
+    )
 
 
 class TenantRef(BaseModel):

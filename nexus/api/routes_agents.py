@@ -7,9 +7,9 @@ agent of another tenant is simply not found, and nothing reaches that tenant's n
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -35,7 +35,7 @@ from nexus.api.specbody import (
 from nexus.api.store import Tenant
 from nexus.domain.agent import AgentView, agent_body, live_agents, refuse_new_agent
 from nexus.domain.agentspec import agent_name, valid_name, validate_agent
-from nexus.domain.resources import AGENTS, TENANTS
+from nexus.domain.resources import AGENTS, TENANTS, AgentPhase
 from nexus.domain.tenant import TenantSpec
 from nexus.node import NodeError
 from nexus.runtime import ApiError
@@ -161,28 +161,55 @@ async def create_agent(request: web.Request) -> web.Response:
 @routes.get("/api/v1/agents")
 async def list_agents(request: web.Request) -> web.Response:
     tenant = await acting_tenant(request)
-    items = sorted(
-        (a for a in ctx(request).cache.list(AGENTS, tenant.cr_name) if not is_being_deleted(a)),
-        key=lambda a: a["metadata"]["name"],
+    items = [
+        _list_item(a)
+        for a in ctx(request).cache.list(AGENTS, tenant.cr_name)
+        if not a["metadata"].get("deletionTimestamp")  # being deleted: gone for the API
+    ]
+    items.sort(key=_by_name)
+    # orjson: ten times faster than json on this list (bench/api_breakdown.py).
+    return web.Response(
+        body=orjson.dumps(items), content_type="application/json", charset="utf-8"
     )
-    # Plain dicts with AgentListItem's fields: two pydantic models per item cost more than the
-    # rest of the request (this is the hottest read of the API).
-    return web.json_response([_list_item(a) for a in items], dumps=_compact)
 
 
 def _list_item(obj: Object) -> dict[str, Any]:
-    view = AgentView.of(obj)
+    """AgentListItem's fields, read straight from the cached object.
+
+    The hottest read of the API: the same fields as :class:`AgentView` (and its defaults),
+    without its three dataclasses and copied conditions per agent. Cached objects are dicts
+    (``isinstance(..., dict)`` is several times cheaper than ``Mapping``).
+    """
+    meta = obj["metadata"]
+    spec = obj.get("spec")
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = {}
+    version = None
+    agent_spec = spec.get("agentSpec") if isinstance(spec, dict) else None
+    if isinstance(agent_spec, dict):
+        spec_meta = agent_spec.get("metadata")
+        if isinstance(spec_meta, dict):
+            version = spec_meta.get("version")
+            if not isinstance(version, str):
+                version = None
     return {
-        "name": view.name,
-        "namespace": view.namespace,
-        "version": view.spec.version,
-        **_status_fields(view),
-        "createdAt": view.created_at,
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "version": version,
+        "phase": str(status.get("phase") or _PENDING),
+        "nodeAck": bool(status.get("nodeAck")),
+        "lastSyncedAt": status.get("lastSyncedAt"),
+        "createdAt": meta.get("creationTimestamp"),
     }
 
 
-def _compact(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+_PENDING = str(AgentPhase.PENDING)
+
+
+def _by_name(item: dict[str, Any]) -> str:
+    name: str = item["name"]
+    return name
 
 
 @routes.get("/api/v1/agents/{name}")

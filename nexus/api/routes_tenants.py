@@ -54,6 +54,7 @@ def tenant_out(request: web.Request, tenant: Tenant) -> TenantOut:
         namespace=status.namespace,
         nodeEndpoint=status.node_endpoint,
         agentCount=status.agent_count,
+        nodeAvailable=status.node_available,
     )
 
 

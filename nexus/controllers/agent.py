@@ -2,12 +2,16 @@
 
 One pass: the finalizer; the node is found through the Ready NexusTenant whose
 ``status.namespace`` is the agent's namespace (until there is one the agent waits in Pending,
-and the tenant's Ready transition wakes it); ``maxAgents`` is checked (for agents created with
-kubectl too); phase Deploying, register and deploy on the node; phase Running with ``nodeAck``
-and ``lastSyncedAt``; look again after the resync period. ``spec.suspend`` pauses the agent on
-its node (phase Stopped). A node that fails or cannot be reached sets phase Failed and is
-retried after the error delay (and counted as a reconcile error); a spec the node refused is
-not retried until it changes. On deletion the agent is removed from the node, errors ignored.
+reason ``WaitingForTenant``, or ``WaitingForNode`` while the tenant waits for its node; the
+tenant's transitions wake it); ``maxAgents`` is checked (for agents created with kubectl too);
+phase Deploying, register and deploy on the node; phase Running with ``nodeAck`` and
+``lastSyncedAt``; look again after the resync period. A node that comes back, restarts or is
+replaced wakes every agent of its namespace (see ``watches``): the one GET of the pass finds
+what the node lost, and the agent is registered and deployed again. ``spec.suspend`` pauses
+the agent on its node (phase Stopped). A node that fails or cannot be reached sets phase
+Failed and is retried after the error delay (and counted as a reconcile error); a spec the
+node refused is not retried until it changes. On deletion the agent is removed from the node,
+errors ignored.
 
 Idempotent against the node: a converged agent costs one GET per resync, is never
 redeployed, and writes nothing. ``lastSyncedAt`` is the time of the last change pushed to the
@@ -33,9 +37,16 @@ from nexus.controllers.ports import (
 from nexus.controllers.status import phase_status, status_unchanged
 from nexus.controllers.watches import TENANT_BY_NAMESPACE
 from nexus.domain.agent import AgentSpec, AgentStatus, live_agents, refuse_agent
-from nexus.domain.resources import AGENT_FINALIZER, AGENTS, TENANTS, AgentPhase
+from nexus.domain.resources import (
+    AGENT_FINALIZER,
+    AGENT_NAMESPACE_LABEL,
+    AGENTS,
+    TENANTS,
+    WAITING_FOR_NODE,
+    AgentPhase,
+)
 from nexus.domain.tenant import TenantSpec, TenantStatus
-from nexus.node import NodeError
+from nexus.node import NODE_NAME, NodeError
 from nexus.runtime import (
     ApiError,
     Request,
@@ -100,14 +111,14 @@ class NexusAgentReconciler:
         if not has_finalizer(agent, AGENT_FINALIZER):
             agent = await add_finalizer(self.client, AGENTS, agent, AGENT_FINALIZER)
         status = AgentStatus.of(agent)
-        if tenant is None or not TenantStatus.of(tenant).ready:
-            await self._set_status(
-                agent,
-                AgentPhase.PENDING,
-                "WaitingForTenant",
-                f"no Ready NexusTenant owns namespace {ns}",
-                node_ack=False,
-            )
+        tenant_status = TenantStatus.of(tenant)
+        if tenant is None or not tenant_status.ready:
+            if tenant is not None and tenant_status.reason == WAITING_FOR_NODE:
+                reason = WAITING_FOR_NODE
+                message = f"the {NODE_NAME} of namespace {ns} is not available yet"
+            else:
+                reason, message = "WaitingForTenant", f"no Ready NexusTenant owns namespace {ns}"
+            await self._set_status(agent, AgentPhase.PENDING, reason, message, node_ack=False)
             return Result(requeue_after=self.settings.pending_retry)
         over = self._over_quota(agent, tenant)
         if over:
@@ -257,10 +268,17 @@ class NexusAgentReconciler:
 
 
 def desired_spec(agent: Object) -> Object:
-    """The astromesh/v1 spec sent to the node; its name is always the CR's name."""
+    """The astromesh/v1 spec sent to the node; its name is always the CR's name, and it is
+    marked as Nexus's with ``AGENT_NAMESPACE_LABEL`` (the node keeps ``metadata.labels``),
+    so that orphans can be told from agents deployed on the node by anything else."""
     spec: Object = copy.deepcopy(dict(AgentSpec.of(agent).agent_spec))
     meta = spec.setdefault("metadata", {})
     meta["name"] = agent["metadata"]["name"]
+    labels = meta.get("labels")
+    meta["labels"] = {
+        **(labels if isinstance(labels, dict) else {}),
+        AGENT_NAMESPACE_LABEL: agent["metadata"]["namespace"],
+    }
     return spec
 
 

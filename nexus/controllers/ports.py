@@ -80,7 +80,13 @@ class EventSink(Protocol):
 
 
 class NodeApi(Protocol):
-    """The calls the agent reconciler makes to a tenant's node; failures raise NodeError."""
+    """The calls the reconcilers make to a tenant's node; failures raise NodeError.
+
+    The agent reconciler registers, deploys, pauses and deletes its agent; the tenant
+    reconciler lists the node's agents to remove those no NexusAgent stands for.
+    """
+
+    async def list_agents(self, namespace: str) -> list[dict[str, Any]]: ...
 
     async def get_agent(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 

@@ -2,10 +2,14 @@
 
 One pass: the finalizer; phase Provisioning while anything is missing; the namespace
 (labelled managed), the node Deployment (1 replica, port 8000, /v1/health probes, limits from
-the quota, ASTROMESH_ROLE from the node profile) and its Service; phase Ready with the
-namespace and the node's endpoint; look again after the resync period. A failure sets phase
-Error and is retried after the error delay (and counted as a reconcile error). On deletion the
-namespace goes first, then the finalizer.
+the quota, ASTROMESH_ROLE from the node profile) and its Service; the ``NodeAvailable``
+condition from the Deployment's status (see ``availability``); phase Ready with the namespace
+and the node's endpoint once the node is available (with ``wait_for_node``; else as soon as
+the objects exist), until then Provisioning with reason ``WaitingForNode``; orphans removed
+from an available node (see ``prune``), once per resync period and whenever the node comes
+back; look again after the resync period. A failure sets phase Error and is retried after
+the error delay (and counted as a reconcile error). On deletion the namespace goes first,
+then the finalizer.
 
 The children are watched, so drift is repaired in seconds; a converged tenant costs no API
 write; conditions and events tell what happened; system namespaces are refused.
@@ -22,19 +26,30 @@ from dataclasses import dataclass
 import structlog
 
 from nexus.controllers import desired, fence
-from nexus.controllers.ports import CacheReader, EventSink, SystemClock, WallClock, Writer
+from nexus.controllers.availability import NodeAvailability, node_availability
+from nexus.controllers.ports import (
+    CacheReader,
+    EventSink,
+    NodeApi,
+    SystemClock,
+    WallClock,
+    Writer,
+)
+from nexus.controllers.prune import prune_orphans
 from nexus.controllers.status import phase_status, status_unchanged
 from nexus.domain.agent import live_agents
 from nexus.domain.resources import (
     AGENTS,
+    NODE_AVAILABLE,
     TENANT_FINALIZER,
     TENANT_LABEL,
     TENANT_NAMESPACE_LABEL,
     TENANTS,
+    WAITING_FOR_NODE,
     TenantPhase,
 )
 from nexus.domain.tenant import TenantStatus, reserved_name_problem
-from nexus.node import in_cluster_endpoint
+from nexus.node import NODE_NAME, NodeError, in_cluster_endpoint
 from nexus.runtime import (
     ApiError,
     Request,
@@ -44,14 +59,19 @@ from nexus.runtime import (
     remove_finalizer,
 )
 from nexus.runtime.finalizers import has_finalizer, is_being_deleted
-from nexus.runtime.objects import Object, rfc3339
-from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, SERVICES, Resource
+from nexus.runtime.objects import Object, rfc3339, set_condition
+from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, PODS, SERVICES, Resource
 
 log = structlog.get_logger("nexus.tenant")
 
 #: How often to look again while the tenant's namespace is terminating (s). Not an error, and
 #: the namespace watch usually wakes the tenant first.
 NAMESPACE_DELETION_POLL = 2.0
+
+#: A tenant's node is pruned at most once per resync period (this fraction of it, so that the
+#: resync itself, which may fire a little early, always finds it due); and whenever it comes
+#: back.
+_PRUNE_SLACK = 0.9
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,12 @@ class TenantSettings:
     #: Non-root UID (and GID) of the node's pods.
     node_run_as_user: int
     fence: fence.FenceSettings
+    #: Ready only once the node Deployment is available; off: Ready as soon as the objects
+    #: exist (a control plane without kubelets).
+    wait_for_node: bool
+    #: Remove orphans from tenants' nodes. Only where each tenant's calls reach its own node:
+    #: never with one node URL shared by all tenants.
+    prune_orphans: bool
 
 
 class ReservedNameError(Exception):
@@ -81,14 +107,18 @@ class NexusTenantReconciler:
         cache: CacheReader,
         client: Writer,
         events: EventSink,
+        node: NodeApi,
         settings: TenantSettings,
         clock: WallClock | None = None,
     ) -> None:
         self.cache = cache
         self.client = client
         self.events = events
+        self.node = node
         self.settings = settings
         self.clock: WallClock = clock or SystemClock()
+        #: Tenant uid -> when its node was last pruned (wall clock).
+        self._pruned_at: dict[str, float] = {}
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -143,7 +173,8 @@ class NexusTenantReconciler:
             [(DEPLOYMENTS, node), (SERVICES, desired.node_service(tenant))],
         ]
         changes = [self._changes(stage) for stage in stages]
-        phase = TenantStatus.of(tenant).phase
+        before = TenantStatus.of(tenant)
+        phase = before.phase
         if any(changes) and phase != TenantPhase.READY:
             tenant = await self._set_status(
                 tenant,
@@ -154,17 +185,74 @@ class NexusTenantReconciler:
             self.events.normal(tenant, "Provisioning", f"provisioning namespace {name}")
         for stage_changes in changes:
             await self._apply_stage(stage_changes, tenant)
-        await self._set_status(
+        availability = node_availability(
+            self.cache.get(DEPLOYMENTS, NODE_NAME, name), self.cache.list(PODS, name)
+        )
+        self._report_node(tenant, before, availability)
+        if self.settings.wait_for_node and not availability.available:
+            await self._set_status(
+                tenant,
+                TenantPhase.PROVISIONING,
+                WAITING_FOR_NODE,
+                f"the {NODE_NAME} is not available yet: {availability.message}",
+                namespace=name,
+                node=availability,
+            )
+            # The Deployment and pod watches wake the tenant when that changes.
+            return Result(requeue_after=self.settings.resync_period)
+        tenant = await self._set_status(
             tenant,
             TenantPhase.READY,
             "Provisioned",
-            "namespace and astromesh-node are in place",
+            "namespace and astromesh-node are in place"
+            + ("" if availability.available else " (the node is not available yet)"),
             namespace=name,
             node_endpoint=in_cluster_endpoint(name),
+            node=availability,
         )
         if phase != TenantPhase.READY:
             self.events.normal(tenant, "Ready", f"tenant namespace {name} is ready")
+        if availability.available:
+            await self._prune(tenant, came_back=not before.node_available)
         return Result(requeue_after=self.settings.resync_period)
+
+    def _report_node(self, tenant: Object, before: TenantStatus, node: NodeAvailability) -> None:
+        """An event when the node comes or goes (not when it is first seen starting)."""
+        name = tenant["metadata"]["name"]
+        if before.node_available and not node.available:
+            log.warning("tenant.node_unavailable", tenant=name, reason=node.reason)
+            self.events.warning(tenant, "NodeUnavailable", node.message)
+        elif node.available and not before.node_available:
+            log.info("tenant.node_available", tenant=name)
+            self.events.normal(tenant, "NodeAvailable", f"the {NODE_NAME} answers")
+
+    # -- orphans ------------------------------------------------------------------------------
+
+    async def _prune(self, tenant: Object, *, came_back: bool) -> None:
+        if not self.settings.prune_orphans:
+            return
+        meta = tenant["metadata"]
+        key = meta.get("uid") or meta["name"]
+        now = self.clock.now()
+        last = self._pruned_at.get(key)
+        due = last is None or now - last >= _PRUNE_SLACK * self.settings.resync_period
+        if not (due or came_back):
+            return
+        self._pruned_at[key] = now
+        ns = meta["name"]
+        try:
+            removed = await prune_orphans(self.node, self.cache, ns)
+        except NodeError as exc:
+            # Not the tenant's failure: its objects are in place. The next pass tries again.
+            log.info("tenant.prune_failed", tenant=ns, error=str(exc))
+            return
+        for agent in removed:
+            log.info("tenant.orphan_removed", tenant=ns, agent=agent)
+            self.events.normal(
+                tenant,
+                "OrphanRemoved",
+                f"agent {agent} ran on the node without a NexusAgent; removed it",
+            )
 
     def _changes(
         self, stage: list[tuple[Resource, Object]]
@@ -243,16 +331,29 @@ class NexusTenantReconciler:
         *,
         namespace: str | None = None,
         node_endpoint: str | None = None,
+        node: NodeAvailability | None = None,
     ) -> Object:
+        """``node``: the ``NodeAvailable`` condition to set (else it is kept as it was)."""
         current = tenant.get("status") or {}
+        now = rfc3339(self.clock.now())
         status = phase_status(
             tenant,
             phase=str(phase),
             ready=phase == TenantPhase.READY,
             reason=reason,
             message=message,
-            now=rfc3339(self.clock.now()),
+            now=now,
         )
+        if node is not None:
+            status["conditions"] = set_condition(
+                status["conditions"],
+                NODE_AVAILABLE,
+                node.status,
+                reason=node.reason,
+                message=node.message,
+                observed_generation=tenant["metadata"].get("generation"),
+                now=now,
+            )
         if namespace is not None:
             status["namespace"] = namespace
             status["nodeEndpoint"] = node_endpoint
@@ -277,6 +378,7 @@ class NexusTenantReconciler:
     # -- deletion -----------------------------------------------------------------------------
 
     async def _finalize(self, tenant: Object) -> Result | None:
+        self._pruned_at.pop(tenant["metadata"].get("uid") or tenant["metadata"]["name"], None)
         if not has_finalizer(tenant, TENANT_FINALIZER):
             return None
         name = tenant["metadata"]["name"]

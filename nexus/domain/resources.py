@@ -25,6 +25,16 @@ TENANT_NAMESPACE_LABEL = f"{GROUP}/tenant-namespace"
 #: On every NexusTenant: the id of its tenant in the REST API's store.
 TENANT_ID_LABEL = f"{GROUP}/tenant-id"
 
+#: In ``metadata.labels`` of every agent spec Nexus sends to a node: the namespace of the
+#: NexusAgent it came from. It marks the agents on a node that Nexus deployed: only those are
+#: ever pruned, and only by the tenant of that namespace (the node keeps the labels as given).
+AGENT_NAMESPACE_LABEL = f"{GROUP}/agent-namespace"
+
+#: Conditions of a NexusTenant besides Ready: whether its node Deployment has an available pod.
+NODE_AVAILABLE = "NodeAvailable"
+#: Reason of a tenant's (and its agents') Ready=False while the tenant's node is not available.
+WAITING_FOR_NODE = "WaitingForNode"
+
 #: On the manager's namespace and pods (config/manager): tenant nodes admit traffic only from
 #: pods with this label in namespaces with this label (1.20 has no namespace-name label).
 MANAGER_LABEL = f"{GROUP}/manager"

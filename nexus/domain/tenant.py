@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nexus.domain.resources import TENANT_ID_LABEL, TenantPhase
+from nexus.domain.resources import NODE_AVAILABLE, TENANT_ID_LABEL, TenantPhase
 from nexus.runtime.objects import Object
 
 #: ``spec.nodeProfile`` when unset (the CRD's default too).
@@ -101,14 +101,27 @@ class TenantSpec:
         )
 
 
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == type_:
+            return cond
+    return {}
+
+
 @dataclass(frozen=True, slots=True)
 class TenantStatus:
-    """What the tenant controller reported; a tenant it has not seen yet is Pending."""
+    """What the tenant controller reported; a tenant it has not seen yet is Pending.
+
+    ``node_available`` is the ``NodeAvailable`` condition (False until reported);
+    ``reason`` the reason of the Ready condition (``WaitingForNode``, ``Provisioned``, ...).
+    """
 
     phase: str
     namespace: str | None
     node_endpoint: str | None
     agent_count: int
+    node_available: bool = False
+    reason: str | None = None
 
     @classmethod
     def of(cls, tenant: Mapping[str, Any] | None) -> TenantStatus:
@@ -118,6 +131,8 @@ class TenantStatus:
             namespace=status.get("namespace") or None,
             node_endpoint=status.get("nodeEndpoint"),
             agent_count=int(status.get("agentCount") or 0),
+            node_available=_condition(status, NODE_AVAILABLE).get("status") == "True",
+            reason=_condition(status, "Ready").get("reason"),
         )
 
     @property

@@ -32,7 +32,7 @@ from nexus.runtime.events import EventRecorder
 from nexus.runtime.handler import enqueue_for_object
 from nexus.runtime.informer import Informer
 from nexus.runtime.reconcile import Request, Result
-from nexus.runtime.resource import PODS
+from nexus.runtime.resource import NAMESPACES, PODS
 
 log = structlog.get_logger("nexus.localnode")
 
@@ -57,11 +57,12 @@ class LocalNodeAgent:
         container restarts); folders of pods that no longer exist are removed; the root folder
         is locked, so a second agent cannot use it at the same time;
       * every pod that matches ``config.label_selector`` and is unbound or bound to this node
-        is served: an unbound pod is bound here (``pods/binding``) while fewer than
-        ``config.max_pods`` pods run and an address is free; otherwise it stays Pending with
-        ``PodScheduled=False`` (reason ``Unschedulable``) and a Warning event (reason
-        ``NodeCapacity``), and is tried again as soon as a pod goes and every
-        ``config.pending_retry`` seconds;
+        is served (an unbound one only if its namespace matches ``config.namespace_selector``,
+        when set; it is considered again when its namespace appears): an unbound pod is bound
+        here (``pods/binding``) while fewer than ``config.max_pods`` pods run and an address is
+        free; otherwise it stays Pending with ``PodScheduled=False`` (reason
+        ``Unschedulable``) and a Warning event (reason ``NodeCapacity``), and is tried again
+        as soon as a pod goes and every ``config.pending_retry`` seconds;
       * each bound pod runs as a :class:`~nexus.localnode.worker.PodWorker`: one process on the
         pod's own 127.x address, probes from the pod spec, status in ``pods/status``;
       * a deleted pod's process is stopped within its grace period, its folder removed, and the
@@ -91,6 +92,14 @@ class LocalNodeAgent:
             ),
         )
         self._controller.watch(self._informer, enqueue_for_object)
+        # Namespaces are watched only to know which ones this agent serves; a namespace event
+        # re-queues its pods, since a pod's event may be seen before its namespace's.
+        self._namespaces: Informer | None = None
+        if self.config.namespace_selector:
+            self._namespaces = Informer(
+                self.client, NAMESPACES, label_selector=self.config.namespace_selector
+            )
+            self._controller.watch(self._namespaces, self._pods_in_namespace)
         self._node = NodeRegistration(self.client, self.config)
         self.recorder = EventRecorder(
             self.client, REPORTING_CONTROLLER, reporting_instance=self.config.node_name
@@ -147,8 +156,12 @@ class LocalNodeAgent:
                 self._node.run(), name=f"localnode-heartbeat:{self.node_name}"
             )
             self._informer.start()
+            if self._namespaces is not None:
+                self._namespaces.start()
             async with asyncio.timeout(60):
                 await self._informer.wait_for_sync()
+                if self._namespaces is not None:
+                    await self._namespaces.wait_for_sync()
             for pod in self._informer.list():
                 if self._runnable_here(pod) and podspec.node_name(pod) == self.node_name:
                     worker = self._admit(pod)
@@ -183,6 +196,8 @@ class LocalNodeAgent:
         if self._workers:
             await asyncio.gather(*(w.wait() for w in list(self._workers.values())))
         await self._informer.stop()
+        if self._namespaces is not None:
+            await self._namespaces.stop()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -232,6 +247,8 @@ class LocalNodeAgent:
             worker.update(pod)
             return None
         if not bound:
+            if not self._serves_namespace(pod):
+                return None
             return await self._schedule(pod)
         why = podspec.unsupported(pod)
         if why is not None:
@@ -250,6 +267,15 @@ class LocalNodeAgent:
             and (pod.get("status") or {}).get("phase") not in _TERMINAL_PHASES
             and podspec.unsupported(pod) is None
         )
+
+    def _serves_namespace(self, pod: Object) -> bool:
+        if self._namespaces is None:
+            return True
+        return self._namespaces.get(str(podspec.meta(pod).get("namespace"))) is not None
+
+    def _pods_in_namespace(self, namespace: Object) -> list[Request]:
+        name = str((namespace.get("metadata") or {}).get("name"))
+        return [Request(str(podspec.meta(p).get("name")), name) for p in self._informer.list(name)]
 
     def _capacity_message(self) -> str:
         return (

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder for the pods' files (default: in the temp dir)")
     parser.add_argument("--selector", default=DEFAULT_SELECTOR, help="label selector of the pods")
     parser.add_argument(
+        "--namespace-selector",
+        default=None,
+        help="schedule only pods of namespaces with these labels (default: any namespace)",
+    )
+    parser.add_argument(
         "--restart-backoff",
         type=float,
         default=d.restart_backoff_base,
@@ -53,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> LocalNodeConfig:
         max_pods=args.max_pods,
         root=Path(args.root) if args.root else None,
         label_selector=args.selector,
+        namespace_selector=args.namespace_selector or None,
         restart_backoff_base=args.restart_backoff,
         restart_backoff_cap=max(args.restart_backoff_cap, args.restart_backoff),
     )

@@ -34,6 +34,10 @@ class LocalNodeConfig:
     #: Pods beyond this many stay Pending (event reason ``NodeCapacity``).
     max_pods: int = 20
     label_selector: str = DEFAULT_SELECTOR
+    #: Only pods in namespaces matching this label selector are scheduled here (None: any).
+    #: One Nexus's tenant namespaces carry ``nexus.astromesh.io/tenant-namespace=<its
+    #: namespace>``, so that an agent can serve one Nexus among several on a control plane.
+    namespace_selector: str | None = None
     command: Sequence[str] | None = None
     python: str = sys.executable
     #: uvicorn's log level for the node processes (their output goes to the pod's folder).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 Object = dict[str, Any]
@@ -43,12 +44,43 @@ def deleting(pod: Object) -> bool:
 def unsupported(pod: Object) -> str | None:
     """Why this agent cannot run the pod, or None. It runs pods of exactly one container."""
     s = spec(pod)
-    if s.get("initContainers"):
-        return "init containers are not supported by the local node agent"
     containers = s.get("containers") or []
     if len(containers) != 1:
         return f"the local node agent runs pods of one container, not {len(containers)}"
     return None
+
+
+def init_containers(pod: Object) -> list[Object]:
+    """The pod's init containers. The agent does not run them: it has no images, and the
+    only init container of a node pod seeds its config volume from the image, which a local
+    process does not need (it gets a config folder of its own). They are reported completed."""
+    return [c for c in spec(pod).get("initContainers") or () if isinstance(c, dict)]
+
+
+def empty_dir_mounts(pod: Object, c: Object) -> dict[str, str]:
+    """Mount path -> volume name of the container's ``emptyDir`` volumes.
+
+    A local process shares the host's filesystem, so a volume is a folder of the pod instead,
+    and environment values that point into a mount path are pointed into that folder.
+    """
+    empty = {
+        str(v.get("name"))
+        for v in spec(pod).get("volumes") or ()
+        if isinstance(v, dict) and "emptyDir" in v
+    }
+    return {
+        str(m["mountPath"]).rstrip("/") or "/": str(m["name"])
+        for m in c.get("volumeMounts") or ()
+        if m.get("name") in empty and m.get("mountPath")
+    }
+
+
+def relocate(value: str, mounts: Mapping[str, Path]) -> str:
+    """``value`` with a leading mount path replaced by its local folder (longest match)."""
+    for path in sorted(mounts, key=len, reverse=True):
+        if value == path or value.startswith(path.rstrip("/") + "/"):
+            return str(mounts[path]) + value[len(path) :]
+    return value
 
 
 def container(pod: Object) -> Object:

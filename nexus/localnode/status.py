@@ -94,6 +94,28 @@ class ContainerStatus:
         return out
 
 
+def skipped_init_status(c: Object, finished_at: str) -> Object:
+    """The status of an init container the agent did not run (see ``podspec.init_containers``)."""
+    return {
+        "name": str(c.get("name") or "init"),
+        "image": str(c.get("image") or ""),
+        "imageID": "",
+        "state": {
+            "terminated": {
+                "exitCode": 0,
+                "reason": "Completed",
+                "message": "not run by the local node agent (no images; the pod's folders "
+                "stand in for its volumes)",
+                "startedAt": finished_at,
+                "finishedAt": finished_at,
+            }
+        },
+        "lastState": {},
+        "ready": True,
+        "restartCount": 0,
+    }
+
+
 def phase(container: ContainerStatus) -> str:
     """``Pending`` until the container first ran, then ``Running`` (restartPolicy Always)."""
     if "running" in container.state or container.restart_count > 0 or container.last_state:
@@ -108,9 +130,10 @@ def pod_status(
     host_ip: str,
     pod_ip: str,
     start_time: str,
+    init_containers: list[Object] | None = None,
 ) -> Object:
     """The status fields the kubelet owns, for a merge patch of ``pods/status``."""
-    return {
+    out: Object = {
         "phase": phase(container),
         "conditions": conditions.as_list(),
         "hostIP": host_ip,
@@ -119,6 +142,9 @@ def pod_status(
         "startTime": start_time,
         "containerStatuses": [container.as_dict()],
     }
+    if init_containers:
+        out["initContainerStatuses"] = init_containers
+    return out
 
 
 def unschedulable(message: str) -> Object:

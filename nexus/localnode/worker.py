@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,7 +25,13 @@ from nexus.localnode import podspec
 from nexus.localnode.config import LocalNodeConfig
 from nexus.localnode.probes import Check, Probe, ProbeLoop, run_probe
 from nexus.localnode.process import CONFIG_DIR_ENV, NodeProcess, astromesh_command
-from nexus.localnode.status import Conditions, ContainerStatus, pod_status, rfc3339
+from nexus.localnode.status import (
+    Conditions,
+    ContainerStatus,
+    pod_status,
+    rfc3339,
+    skipped_init_status,
+)
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.events import EventRecorder
 from nexus.runtime.resource import PODS
@@ -73,6 +79,11 @@ def pod_dir(root: Path, pod: Object) -> Path:
     """``<root>/pods/<namespace>_<name>_<uid>`` (the uid last: orphan clean-up reads it)."""
     m = podspec.meta(pod)
     return root / "pods" / f"{m.get('namespace')}_{m.get('name')}_{podspec.uid(pod)}"
+
+
+def _make_dirs(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
 
 
 def _fresh_dir(path: Path) -> None:
@@ -140,6 +151,15 @@ class PodWorker:
             # restart of the container.
             self.container.restart_count += 1
         self.start_time = str(status.get("startTime") or rfc3339())
+        self._init_containers = podspec.init_containers(pod)
+        self._init_statuses = [
+            skipped_init_status(ic, self.start_time) for ic in self._init_containers
+        ]
+        # emptyDir volumes: folders of the pod, kept across container restarts as in a cluster.
+        self._volumes = {
+            path: self.workdir / "volumes" / name
+            for path, name in podspec.empty_dir_mounts(pod, c).items()
+        }
         self._log = log.bind(pod=self.key, uid=self.uid, ip=ip)
         self._proc: NodeProcess | None = None
         self._stop = asyncio.Event()
@@ -299,9 +319,20 @@ class PodWorker:
     async def _start_process(self) -> NodeProcess | None:
         config_dir = self.workdir / "config"
         await asyncio.to_thread(_fresh_dir, config_dir)
+        await asyncio.to_thread(_make_dirs, self._volumes.values())
         pod_env, skipped = podspec.environment(
             self.pod, self._container_spec, self.ip, self.config.host_ip
         )
+        pod_env = {k: podspec.relocate(v, self._volumes) for k, v in pod_env.items()}
+        if self._init_containers and self.container.restart_count == 0 and self._proc is None:
+            names = ", ".join(str(ic.get("name")) for ic in self._init_containers)
+            self._recorder.normal(
+                self.pod,
+                "InitSkipped",
+                f"Init containers not run on the local node (no images; the pod's folders "
+                f"stand in for its volumes): {names}",
+                "Starting",
+            )
         if skipped:
             self._recorder.warning(
                 self.pod,
@@ -517,6 +548,7 @@ class PodWorker:
             host_ip=self.config.host_ip,
             pod_ip=self.ip,
             start_time=self.start_time,
+            init_containers=self._init_statuses,
         )
 
     async def _write_status(self) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import client as k8s_client
 
 from nexus.runtime import metrics
@@ -29,6 +30,15 @@ _PATCH_CONTENT_TYPES: dict[str, str] = {
     "apply": "application/apply-patch+yaml",
 }
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: Accept headers of a metadata-only list and watch: the API server answers with
+#: ``PartialObjectMetadata`` (``metadata`` alone) for any resource, built-in or custom.
+METADATA_LIST_ACCEPT = (
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+)
+METADATA_WATCH_ACCEPT = (
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+)
 
 
 class ApiError(Exception):
@@ -65,6 +75,14 @@ class ApiError(Exception):
         return self.status == 422
 
 
+#: Requests to the API server at once (watches have connections of their own). Each is a TLS
+#: connection with its own 256 KiB read buffer in asyncio (and OpenSSL's state): a pool sized
+#: for bursts that the API server cannot serve faster anyway costs tens of megabytes, and the
+#: freed buffers fragment the heap. 32 keeps a 2-core API server saturated
+#: (docs/benchmarks.md).
+MAX_CONNECTIONS = 32
+
+
 class Client:
     """Async CRUD, patch and watch for any resource, on one kubernetes-asyncio ``ApiClient``.
 
@@ -77,7 +95,7 @@ class Client:
         api_client: k8s_client.ApiClient,
         *,
         timeout: float = 30.0,
-        max_connections: int = 100,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.api_client = api_client
         self.timeout = timeout
@@ -88,29 +106,39 @@ class Client:
         self._proxy = getattr(cfg, "proxy", None)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._stream_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session to the API server (for callers that stream or proxy)."""
         return self._get_session()
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _get_session(self, *, stream: bool = False) -> aiohttp.ClientSession:
         # Our own session: kubernetes-asyncio's has trust_env=True, which re-reads the proxy
         # variables and ~/.netrc on every request (measured: a fifth of the CPU of a busy
         # controller). TLS and proxy settings come from the same configuration.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
+        # Watches get a session of their own, without a limit: each holds its connection for
+        # minutes, and must neither wait for a request's connection nor take one from requests.
+        session = self._stream_session if stream else self._session
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    ssl=_ssl_context(self.api_client.configuration), limit=self._max_connections
+                    ssl=_ssl_context(self.api_client.configuration),
+                    limit=0 if stream else self._max_connections,
                 ),
                 read_bufsize=2**21,  # watch events of large objects
             )
-        return self._session
+            if stream:
+                self._stream_session = session
+            else:
+                self._session = session
+        return session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._stream_session):
+            if session is not None:
+                await session.close()
+        self._session = self._stream_session = None
 
     @property
     def host(self) -> str:
@@ -134,10 +162,11 @@ class Client:
         content_type: str | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
         accept: str | None = None,
+        stream: bool = False,
     ) -> aiohttp.ClientResponse:
         data: bytes | None = None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
+            data = _dumps(body)
             content_type = content_type or "application/json"
         headers = await self._headers(content_type)
         if accept:
@@ -148,7 +177,7 @@ class Client:
             kwargs["server_hostname"] = self._server_hostname
         if self._proxy:
             kwargs["proxy"] = self._proxy
-        resp = await self._get_session().request(
+        resp = await self._get_session(stream=stream).request(
             method,
             self._host + path,
             params=query,
@@ -191,7 +220,9 @@ class Client:
             raw = await resp.read()
         finally:
             resp.release()
-        return json.loads(raw) if raw else None
+        # orjson: several times faster than json on the API server's answers, and it shares the
+        # key strings of the objects it decodes (the cache holds thousands of them).
+        return orjson.loads(raw) if raw else None
 
     # -- CRUD -------------------------------------------------------------------------------
 
@@ -219,8 +250,12 @@ class Client:
         resource_version: str | None = None,
         limit: int | None = None,
         continue_token: str | None = None,
+        metadata_only: bool = False,
     ) -> dict[str, Any]:
-        """One page of a list (the raw ``List`` object, with ``metadata.continue``)."""
+        """One page of a list (the raw ``List`` object, with ``metadata.continue``).
+
+        ``metadata_only``: items are ``PartialObjectMetadata`` (apiVersion, kind, metadata).
+        """
         result: dict[str, Any] = await self.request(
             "GET",
             res.path(namespace),
@@ -231,6 +266,7 @@ class Client:
                 "limit": limit,
                 "continue": continue_token,
             },
+            accept=METADATA_LIST_ACCEPT if metadata_only else None,
         )
         return result
 
@@ -242,9 +278,46 @@ class Client:
         label_selector: str | None = None,
         field_selector: str | None = None,
         page_size: int = 500,
+        metadata_only: bool = False,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> tuple[builtins.list[dict[str, Any]], str]:
-        """Every item, paginated like client-go's pager; returns (items, list resourceVersion)."""
+        """Every item, paginated like client-go's pager; returns (items, list resourceVersion).
+
+        ``transform`` is applied to each item as its page arrives, so that a caller keeping
+        only part of each item never holds the whole list decoded.
+        """
         items: builtins.list[dict[str, Any]] = []
+        async for page in self.pages(
+            res,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            page_size=page_size,
+            metadata_only=metadata_only,
+        ):
+            raw = page.get("items") or []
+            items.extend(map(transform, raw) if transform is not None else raw)
+            meta = page["metadata"]
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion", ""))
+            del page, raw  # not held while the next page is read and decoded
+        raise AssertionError("unreachable")
+
+    async def pages(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        metadata_only: bool = False,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The pages of a list, one ``List`` object at a time; the last has no
+        ``metadata.continue`` and carries the list's resourceVersion.
+
+        A reader that keeps only part of each item never holds the whole list decoded.
+        """
         token: str | None = None
         while True:
             page = await self.list(
@@ -254,12 +327,13 @@ class Client:
                 field_selector=field_selector,
                 limit=page_size,
                 continue_token=token,
+                metadata_only=metadata_only,
             )
-            items.extend(page.get("items") or [])
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
+            token = page.setdefault("metadata", {}).get("continue") or None
+            yield page
+            del page  # not held while the next page is read and decoded
             if not token:
-                return items, str(meta.get("resourceVersion", ""))
+                return
 
     async def create(
         self, res: Resource, obj: Mapping[str, Any], namespace: str | None = None
@@ -347,12 +421,14 @@ class Client:
         timeout_seconds: int | None = None,
         idle_timeout: float | None = None,
         allow_bookmarks: bool = True,
+        metadata_only: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield watch events (``{"type", "object"}``) until the server closes the stream.
 
         An ``ERROR`` event raises :class:`ApiError` (410 for an expired resourceVersion). With
         ``idle_timeout``, a stream that delivers nothing (not even a bookmark) for that long
         raises ``TimeoutError``: the connection may look alive while no events flow.
+        ``metadata_only``: objects are ``PartialObjectMetadata``.
         """
         params = {
             "watch": "true",
@@ -372,6 +448,8 @@ class Client:
                 res.path(namespace),
                 params=params,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+                accept=METADATA_WATCH_ACCEPT if metadata_only else None,
+                stream=True,
             )
         try:
             while True:
@@ -381,7 +459,7 @@ class Client:
                     return
                 if not line.strip():
                     continue
-                event: dict[str, Any] = json.loads(line)
+                event: dict[str, Any] = orjson.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise ApiError(int(status.get("code") or 500), "watch error", status)
@@ -418,6 +496,14 @@ def _ssl_context(cfg: k8s_client.Configuration) -> ssl.SSLContext:
     return ctx
 
 
+def _dumps(body: Any) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        # What orjson refuses and json takes (keys that are not strings, integers beyond 64 bits).
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
 def is_write(method: str) -> bool:
     return method.upper() in _WRITE_METHODS
 
@@ -430,7 +516,7 @@ def _query_value(v: Any) -> str:
 
 def _api_error(status: int, reason: str, raw: bytes) -> ApiError:
     try:
-        body = json.loads(raw) if raw else {}
+        body = orjson.loads(raw) if raw else {}
     except ValueError:
         body = {"message": raw[:500].decode(errors="replace")}
     if not isinstance(body, dict):

@@ -22,22 +22,26 @@ from nexus.runtime import metrics
 from nexus.runtime.backoff import Backoff
 from nexus.runtime.client import ApiError, Client
 from nexus.runtime.resource import Resource, object_key
+from nexus.runtime.transform import Transform, strip_managed_fields
 
 log = structlog.get_logger("nexus.informer")
 
 Object = dict[str, Any]
 IndexFunc = Callable[[Object], Iterable[str]]
-Transform = Callable[[Object], Object]
 
 NAMESPACE_INDEX = "namespace"
 
-
-def strip_managed_fields(obj: Object) -> Object:
-    """Default transform: drop ``metadata.managedFields`` (often half of an object's metadata)."""
-    meta = obj.get("metadata")
-    if meta is not None:
-        meta.pop("managedFields", None)
-    return obj
+__all__ = [
+    "NAMESPACE_INDEX",
+    "EventHandler",
+    "IndexFunc",
+    "Informer",
+    "InformerOptions",
+    "Object",
+    "Transform",
+    "handler_name",
+    "strip_managed_fields",
+]
 
 
 def _namespace_index(obj: Object) -> Iterable[str]:
@@ -102,6 +106,12 @@ class Informer:
         store keeps it, the list still syncs and the watch goes on. The failing handler is not
         called again for that event: it sees the object next on its next change or resync.
 
+      * ``transform`` (default: drop ``managedFields``) is applied to every object before it is
+        stored or handed to a handler, one list page at a time: the whole list is never held
+        decoded;
+      * ``metadata_only`` lists and watches ``PartialObjectMetadata`` (client-go's metadata
+        informer): objects hold ``metadata`` only, with this resource's apiVersion and kind.
+
     Caveats: handlers see the latest state, not every intermediate one (watch semantics);
     a deletion while disconnected is seen only as a tombstone after the next list.
     """
@@ -116,6 +126,7 @@ class Informer:
         field_selector: str | None = None,
         transform: Transform | None = strip_managed_fields,
         options: InformerOptions | None = None,
+        metadata_only: bool = False,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -124,9 +135,12 @@ class Informer:
         self.field_selector = field_selector
         self.options = options or InformerOptions()
         self._transform = transform
+        self.metadata_only = metadata_only
         self._store: dict[str, Object] = {}
         self._indexers: dict[str, IndexFunc] = {NAMESPACE_INDEX: _namespace_index}
-        self._indices: dict[str, dict[str, set[str]]] = {NAMESPACE_INDEX: {}}
+        # value -> the key, or the set of keys, of the objects with that value: most values
+        # (a namespace) index one object, and a set costs 200 bytes more than a string.
+        self._indices: dict[str, dict[str, str | set[str]]] = {NAMESPACE_INDEX: {}}
         self._handlers: list[EventHandler] = []
         self._synced = asyncio.Event()
         self._resource_version: str | None = None
@@ -156,11 +170,18 @@ class Informer:
                 raise ValueError(f"indexer {name!r} already registered")
             return
         self._indexers[name] = fn
-        index: dict[str, set[str]] = {}
+        index: dict[str, str | set[str]] = {}
         self._indices[name] = index
         for key, obj in self._store.items():
             for value in fn(obj):
-                index.setdefault(value, set()).add(key)
+                _add(index, value, key)
+
+    def reshape(self, transform: Transform | None, *, metadata_only: bool = False) -> None:
+        """Replaces the transform (and the metadata-only choice) before the first list."""
+        if self._task is not None or self._store:
+            raise RuntimeError(f"informer of {self.resource} has started: too late to reshape it")
+        self._transform = transform
+        self.metadata_only = metadata_only
 
     def add_event_handler(self, handler: EventHandler) -> None:
         """Subscribe; a handler added after the first sync is replayed the current objects."""
@@ -197,11 +218,18 @@ class Informer:
         return list(self._store)
 
     def by_index(self, index: str, value: str) -> builtins.list[Object]:
-        keys = self._indices[index].get(value, ())
+        keys = self._indices[index].get(value)
+        if keys is None:
+            return []
+        if isinstance(keys, str):
+            return [self._store[keys]]
         return [self._store[k] for k in keys]
 
     def index_keys(self, index: str, value: str) -> builtins.list[str]:
-        return sorted(self._indices[index].get(value, ()))
+        keys = self._indices[index].get(value)
+        if keys is None:
+            return []
+        return [keys] if isinstance(keys, str) else sorted(keys)
 
     def index_sizes(self) -> dict[str, int]:
         """Number of index values per index (leak checks)."""
@@ -280,20 +308,18 @@ class Informer:
 
     async def _list_and_replace(self) -> None:
         self.stats["lists"] += 1
+        first = not self._synced.is_set()
         items, rv = await self.client.list_all(
             self.resource,
             self.namespace,
             label_selector=self.label_selector,
             field_selector=self.field_selector,
             page_size=self.options.page_size,
+            metadata_only=self.metadata_only,
+            transform=self._prepare,
         )
-        first = not self._synced.is_set()
-        fresh: dict[str, Object] = {}
-        for item in items:
-            item.setdefault("apiVersion", self.resource.api_version)
-            item.setdefault("kind", self.resource.kind)
-            obj = self._transform(item) if self._transform else item
-            fresh[object_key(obj)] = obj
+        fresh = {object_key(obj): obj for obj in items}
+        del items
         for key in [k for k in self._store if k not in fresh]:
             old = self._delete(key)
             if old is not None:
@@ -322,6 +348,7 @@ class Informer:
             field_selector=self.field_selector,
             timeout_seconds=random.randint(lo, hi),
             idle_timeout=self.options.idle_timeout,
+            metadata_only=self.metadata_only,
         ):
             self._apply(event)
 
@@ -333,7 +360,7 @@ class Informer:
             if rv:
                 self._resource_version = rv
             return
-        obj = self._transform(raw) if self._transform else raw
+        obj = self._prepare(raw)
         key = object_key(obj)
         if kind in ("ADDED", "MODIFIED"):
             old = self._store.get(key)
@@ -347,6 +374,17 @@ class Informer:
             self._notify_delete(obj, False)
         if rv:
             self._resource_version = rv
+
+    def _prepare(self, item: Object) -> Object:
+        """A served object as it is stored: with its apiVersion and kind, transformed."""
+        if self.metadata_only:
+            # PartialObjectMetadata: the served kind says nothing of the resource.
+            item["apiVersion"] = self.resource.api_version
+            item["kind"] = self.resource.kind
+        else:
+            item.setdefault("apiVersion", self.resource.api_version)
+            item.setdefault("kind", self.resource.kind)
+        return self._transform(item) if self._transform else item
 
     async def _resync_loop(self, period: float) -> None:
         await self._synced.wait()
@@ -400,7 +438,7 @@ class Informer:
                 for value in set(fn(old)) - new_values:
                     _discard(index, value, key)
             for value in new_values:
-                index.setdefault(value, set()).add(key)
+                _add(index, value, key)
 
     def _delete(self, key: str) -> Object | None:
         old = self._store.pop(key, None)
@@ -418,12 +456,30 @@ def handler_name(handler: EventHandler) -> str:
     return name if isinstance(name, str) and name else type(handler).__name__
 
 
-def _discard(index: dict[str, set[str]], value: str, key: str) -> None:
+def _add(index: dict[str, str | set[str]], value: str, key: str) -> None:
     keys = index.get(value)
-    if keys is not None:
-        keys.discard(key)
-        if not keys:
+    if keys is None:
+        index[value] = key
+    elif isinstance(keys, str):
+        if keys != key:
+            index[value] = {keys, key}
+    else:
+        keys.add(key)
+
+
+def _discard(index: dict[str, str | set[str]], value: str, key: str) -> None:
+    keys = index.get(value)
+    if keys is None:
+        return
+    if isinstance(keys, str):
+        if keys == key:
             del index[value]
+        return
+    keys.discard(key)
+    if len(keys) == 1:
+        index[value] = next(iter(keys))
+    elif not keys:
+        del index[value]
 
 
 def _rv(obj: Object) -> str | None:

@@ -1,8 +1,11 @@
 """The REST API's security guarantees, one by one, against a real `nexus manager` subprocess.
 
-One manager for the module (real kube-apiserver, real astromesh node). The manager reaches the
-node through a recording proxy (``--node-endpoint=http://127.0.0.1:<port>/{namespace}``), so a
-test can assert that nothing reached another tenant's node, and can make the node refuse
+One manager for the module (real kube-apiserver, per-tenant astromesh nodes: the local node
+agent runs each tenant's node pod as its own process, and a tenant is Ready only once its node
+answers). The manager reaches the nodes through a recording proxy
+(``--node-endpoint=http://127.0.0.1:<port>/{namespace}``) that forwards each namespace's calls
+to that tenant's own node process, so a test can assert that nothing reached another tenant's
+node (by the proxy's record, and on that node process itself), and can make the nodes refuse
 connections or hang. The manager runs production bcrypt (cost 12) and production rate limits;
 each test that authenticates speaks from its own loopback address (127.0.0.x) so that the
 per-address limits of one test never leak into another.
@@ -22,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,17 +38,22 @@ import yarl
 from aiohttp import web
 
 from nexus.api.store import format_ts
-from nexus.domain.resources import AGENTS
+from nexus.domain.resources import AGENTS, TENANT_NAMESPACE_LABEL
+from nexus.localnode import LocalNodeAgent
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, free_port
 from nexus.runtime.resource import NAMESPACES
 
+from ..support.localnode import local_node
 from ..support.manager import ManagerProcess
-from ..support.node import AstromeshNode
+from ..support.tenants import node_agent, node_agents
 
 pytestmark = pytest.mark.cluster
 
-READY_TIMEOUT = 60.0
+#: This module's manager keeps its tenants here; its node agent serves only their namespaces.
+SYSTEM_NAMESPACE = f"nexus-sec-{secrets.token_hex(4)}"
+
+READY_TIMEOUT = 120.0  # a tenant is Ready once its node answers (probed every 10 s)
 _UNSET: Any = object()
 
 # Routes of one agent: (method, path suffix). The PUT carries a valid spec for the same name.
@@ -165,13 +173,15 @@ class Caller:
 
 
 class NodeProxy:
-    """Forwards ``/<namespace>/<path>`` to the node and records ``(namespace, method, path)``.
+    """Forwards ``/<namespace>/<path>`` to that namespace's node and records
+    ``(namespace, method, path)``.
 
+    ``upstream`` maps a namespace to the URL of its tenant's node (None: no node; 502).
     ``stop()`` closes the listener (the manager then gets connection refused); ``hang`` makes
     every request wait (until ``unhang()``) so the manager's own timeout has to fire.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: Callable[[str], str | None]) -> None:
         self.upstream = upstream
         self.port = free_port()
         self.calls: list[tuple[str, str, str]] = []
@@ -223,13 +233,16 @@ class NodeProxy:
                 await asyncio.wait_for(release.wait(), 30)
             return web.json_response({"detail": "released"}, status=503)
         assert self._session is not None
+        node = self.upstream(request.match_info["ns"])
+        if node is None:
+            return web.json_response({"detail": "no node for this namespace"}, status=502)
         body = await request.read()
         headers = {
             k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")
         }
         async with self._session.request(
             request.method,
-            self.upstream + path,
+            node + path,
             params=request.query,
             data=body or None,
             headers=headers,
@@ -264,7 +277,7 @@ class Party:
 class World:
     mgr: ManagerProcess
     proxy: NodeProxy
-    node: AstromeshNode
+    nodes: LocalNodeAgent
     a: Party
     b: Party
     #: A-owned tenant used for the quota test, and its key.
@@ -276,8 +289,15 @@ class World:
     passwords: set[str] = field(default_factory=set)
     b_generation: int = 0
     b_spec: dict[str, Any] = field(default_factory=dict)
+    #: B's agent as B's node process holds it.
+    b_on_node: dict[str, Any] = field(default_factory=dict)
     _callers: list[Caller] = field(default_factory=list)
     _next_ip: Iterator[int] = field(default_factory=lambda: iter(range(10, 250)))
+
+    def node_url(self, namespace: str) -> str:
+        """The URL of the one node process of a tenant namespace."""
+        (pod,) = [p for p in self.nodes.pods() if p.namespace == namespace]
+        return pod.url
 
     def caller(self) -> Caller:
         """A client with a loopback address of its own (fresh rate-limit budgets)."""
@@ -297,16 +317,30 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def node() -> AsyncIterator[AstromeshNode]:
-    n = AstromeshNode()
-    await n.start()
-    yield n
-    await n.stop()
+async def nodes(
+    envtest: Environment, kube: Client, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LocalNodeAgent]:
+    """The local node agent: one node process per tenant of this module's manager."""
+    if await kube.get_or_none(NAMESPACES, SYSTEM_NAMESPACE) is None:
+        await kube.create(NAMESPACES, {"metadata": {"name": SYSTEM_NAMESPACE}})
+    async with local_node(
+        envtest,
+        tmp_path_factory.mktemp("security-nodes"),
+        namespace_selector=f"{TENANT_NAMESPACE_LABEL}={SYSTEM_NAMESPACE}",
+    ) as agent:
+        yield agent
+    await kube.delete(NAMESPACES, SYSTEM_NAMESPACE, ignore_not_found=True)
+
+
+def node_of(agent: LocalNodeAgent, namespace: str) -> str | None:
+    """The URL of a tenant namespace's ready node process, if it has exactly one."""
+    ready = [p for p in agent.pods() if p.namespace == namespace and p.ready]
+    return ready[0].url if len(ready) == 1 else None
 
 
 @pytest.fixture(scope="module")
-async def proxy(node: AstromeshNode) -> AsyncIterator[NodeProxy]:
-    p = NodeProxy(node.url)
+async def proxy(nodes: LocalNodeAgent) -> AsyncIterator[NodeProxy]:
+    p = NodeProxy(lambda ns: node_of(nodes, ns))
     await p.start()
     yield p
     await p.close()
@@ -319,15 +353,19 @@ async def manager(
     proxy: NodeProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ManagerProcess]:
-    if await kube.get_or_none(NAMESPACES, "nexus-system") is None:
-        await kube.create(NAMESPACES, {"metadata": {"name": "nexus-system"}})
     proc = ManagerProcess(
         envtest.kubeconfig_path,
         tmp_path_factory.mktemp("security"),
         node_url=proxy.template,
         # No resync during the module: a node call for a tenant's namespace comes from the
-        # REST API or from a change to one of its agents, nothing else.
-        extra=["--resync-period=600", "--log-level=debug"],
+        # REST API or from a change to one of its agents, nothing else. A tenant is Ready
+        # once its own node answers.
+        extra=[
+            f"--namespace={SYSTEM_NAMESPACE}",
+            "--wait-for-node",
+            "--resync-period=600",
+            "--log-level=debug",
+        ],
     )
     await proc.start()
     yield proc
@@ -361,13 +399,13 @@ async def _wait_agent_running(c: Caller, key: str, name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 async def world(
-    manager: ManagerProcess, proxy: NodeProxy, node: AstromeshNode, kube: Client
+    manager: ManagerProcess, proxy: NodeProxy, nodes: LocalNodeAgent, kube: Client
 ) -> AsyncIterator[World]:
     tag = secrets.token_hex(4)
     w = World(
         mgr=manager,
         proxy=proxy,
-        node=node,
+        nodes=nodes,
         a=Party(f"alice-{tag}@example.com", "A-" + secrets.token_urlsafe(12)),
         b=Party(f"bob-{tag}@example.com", "B-" + secrets.token_urlsafe(12)),
     )
@@ -428,6 +466,11 @@ async def world(
     )
     b_cr = await kube.get(AGENTS, w.b.agent, w.b.ns)
     w.b_generation, w.b_spec = b_cr["metadata"]["generation"], b_cr["spec"]
+    # Two tenants, two node processes, each holding only its own tenant's agent.
+    assert w.node_url(w.a.ns) != w.node_url(w.b.ns)
+    assert await node_agents(w.node_url(w.a.ns)) == {w.a.agent: "deployed"}
+    assert await node_agents(w.node_url(w.b.ns)) == {w.b.agent: "deployed"}
+    w.b_on_node = await node_agent(w.node_url(w.b.ns), w.b.agent) or {}
     await asyncio.sleep(1.0)  # let the controller's own node calls settle
     yield w
     # Leave no tenants behind for the next module's manager.
@@ -755,6 +798,12 @@ async def _assert_b_untouched(w: World, kube: Client, since: int) -> None:
         if call in API_NODE_CALLS or call[0] != "GET"
     ]
     assert reached == [], reached
+    # And on B's own node process: B's agent as it was, deployed, and alone.
+    b_node = w.node_url(w.b.ns)
+    assert await node_agent(b_node, w.b.agent) == w.b_on_node
+    assert await node_agents(b_node) == {w.b.agent: "deployed"}
+    # A's node never received B's agent (nor anything sent with A's credentials for it).
+    assert await node_agent(w.node_url(w.a.ns), w.b.agent) is None
 
 
 @pytest.mark.parametrize(("method", "suffix"), AGENT_ROUTES)
@@ -1377,7 +1426,6 @@ async def test_status_logs_metrics_of_own_agent(world: World) -> None:
 async def test_unreachable_or_hanging_node_is_502(world: World) -> None:
     w, c = world, world.caller()
     base = f"/api/v1/agents/{w.a.agent}"
-    await w.node.stop()
     await w.proxy.stop()  # the manager now gets "connection refused"
     try:
         for suffix in ("/status", "/logs", "/metrics"):
@@ -1393,7 +1441,6 @@ async def test_unreachable_or_hanging_node_is_502(world: World) -> None:
         w.proxy.unhang()
         await w.proxy.stop()
         await w.proxy.start()
-        await w.node.start()
     r = await c.call("GET", f"{base}/metrics", key=w.a.key)
     assert r.status == 200, r
 

@@ -458,3 +458,52 @@ async def test_command_line_agent_serves_until_sigterm(
     assert [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"] == [
         "Unknown"
     ]
+
+
+async def test_restricted_node_pod_runs_with_its_volumes_as_pod_folders(
+    agent: LocalNodeAgent, kube: Client, namespace: str
+) -> None:
+    """The tenant controller's pod (restricted profile: an init container seeding the config
+    volume, emptyDir volumes, HOME in one of them) runs; its volumes are folders of the pod."""
+    await kube.create(DEPLOYMENTS, node_deployment(namespace), namespace)
+    pod = await eventually(lambda: one_pod(kube, namespace, ready=True), timeout=90)
+    (init,) = pod["status"]["initContainerStatuses"]
+    assert init["name"] == "seed-config"
+    assert init["state"]["terminated"]["exitCode"] == 0
+    info = agent.pod(namespace, pod["metadata"]["name"])
+    assert info is not None and info.pid is not None
+    env = proc_environ(info.pid)
+    assert env["HOME"] == str(info.workdir / "volumes" / "home")
+    assert (info.workdir / "volumes" / "home").is_dir()
+    reasons = {e["reason"] for e in await events_for(kube, namespace, pod["metadata"]["name"])}
+    assert "InitSkipped" in reasons
+
+
+async def test_namespace_selector_schedules_only_matching_namespaces(
+    envtest: Environment, kube: Client, namespace: str, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    async with local_node(
+        envtest,
+        tmp_path,
+        label_selector=selector(run),
+        namespace_selector=f"nexus-test-served={run}",
+        pending_retry=300,
+    ) as picky:
+        await kube.create(DEPLOYMENTS, node_deployment(namespace, run=run), namespace)
+
+        async def created() -> Object | None:
+            return await one_pod(kube, namespace)
+
+        pod = await eventually(created, timeout=60)
+        await asyncio.sleep(3)
+        pod = await kube.get(PODS, pod["metadata"]["name"], namespace)
+        assert not pod["spec"].get("nodeName"), "bound in a namespace the agent does not serve"
+        assert picky.pods() == []
+        # Labelled: the namespace's event wakes its pod at once (the retry is 5 min here).
+        await kube.patch(
+            NAMESPACES, namespace, {"metadata": {"labels": {"nexus-test-served": run}}}
+        )
+        ready = await eventually(lambda: one_pod(kube, namespace, ready=True), timeout=60)
+        assert ready["spec"]["nodeName"] == picky.node_name
+        assert len(picky.pods()) == 1

@@ -250,6 +250,7 @@ async def test_controllers_work_under_the_rendered_cluster_role(
             metrics_bind_address="0",
             health_probe_bind_address="0",
             node_endpoint=rbac_node.url,
+            wait_for_node=False,  # no kubelet: the node Deployment never becomes available
             node_image="astromesh/node:rbac",
             error_requeue=1.0,
             leader_elect=True,

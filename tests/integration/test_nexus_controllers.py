@@ -51,6 +51,8 @@ def nexus_settings(node: AstromeshNode) -> ManagerSettings:
         health_probe_bind_address="0",
         api_bind_address="0",
         node_endpoint=node.url,
+        # One shared node process and no kubelet: Ready when the objects exist.
+        wait_for_node=False,
         node_image="astromesh/node:test",
         resync_period=60.0,
         error_requeue=1.0,
@@ -307,8 +309,9 @@ async def test_printer_columns(nexus: Manager, kube: Client) -> None:
         accept="application/json;as=Table;v=v1;g=meta.k8s.io",
     )
     cols = [c["name"] for c in table["columnDefinitions"]]
-    assert cols[:5] == ["Name", "Phase", "Namespace", "Agents", "Age"]
-    assert table["rows"][0]["cells"][:4] == [tname, "Ready", tname, 0]
+    assert cols[:6] == ["Name", "Phase", "Namespace", "Agents", "Node", "Age"]
+    # No kubelet here (--no-wait-for-node): Ready, and the node is not available.
+    assert table["rows"][0]["cells"][:5] == [tname, "Ready", tname, 0, "False"]
     await kube.delete(TENANTS, tname, SYSTEM_NS)
 
 

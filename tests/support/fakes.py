@@ -7,9 +7,9 @@
   controller). Every call is recorded; failures can be injected per verb and kind.
 * :class:`FakeCache` is the informer cache: a copy of the server taken by :meth:`FakeCache.sync`,
   so a test decides when the cache catches up; child kinds are cached only with Nexus's label,
-  as the manager's label-scoped informers do.
-* :class:`FakeEvents` records events; :class:`FakeNode` is an astromesh node (register, deploy,
-  pause, delete; deployed agents carry ``spec.skills``), with injectable failures.
+  and pods only with the node pods' label, as the manager's label-scoped informers do.
+* :class:`FakeEvents` records events; :class:`FakeNode` is an astromesh node (list, register,
+  deploy, pause, delete; deployed agents carry ``spec.skills``), with injectable failures.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from nexus.controllers.fence import FenceSettings
 from nexus.controllers.tenant import NexusTenantReconciler, TenantSettings
 from nexus.controllers.watches import TENANT_BY_NAMESPACE, tenant_namespace_index
 from nexus.domain.resources import AGENTS, TENANT_LABEL, TENANTS
-from nexus.node import NodeError
+from nexus.node import NODE_NAME, NODE_POD_LABELS, NodeError
 from nexus.runtime import Request, Result
 from nexus.runtime.client import ApiError
 from nexus.runtime.clock import FakeClock
 from nexus.runtime.objects import Object
-from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, SERVICES, Resource
+from nexus.runtime.resource import DEPLOYMENTS, NAMESPACES, PODS, SERVICES, Resource
 
 SYSTEM_NS = "nexus-system"
 #: The FakeClock's start in unit tests: 2026-01-01T00:00:00Z, as seconds since the epoch.
@@ -227,6 +227,15 @@ class FakeApiServer:
         return copy.deepcopy(after)
 
 
+def _cached(key: Key, obj: Object) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    if key[0] in LABEL_SCOPED:
+        return TENANT_LABEL in labels
+    if key[0] == PODS.plural:
+        return all(labels.get(k) == v for k, v in NODE_POD_LABELS.items())
+    return True
+
+
 class FakeCache:
     """The informer cache: what the server held at the last :meth:`sync`."""
 
@@ -241,9 +250,7 @@ class FakeCache:
 
     def sync(self) -> None:
         self.objects = {
-            key: copy.deepcopy(obj)
-            for key, obj in self.server.objects.items()
-            if key[0] not in LABEL_SCOPED or TENANT_LABEL in (obj["metadata"].get("labels") or {})
+            key: copy.deepcopy(obj) for key, obj in self.server.objects.items() if _cached(key, obj)
         }
 
     def get(self, resource: Resource, name: str, namespace: str | None = None) -> Object | None:
@@ -328,6 +335,28 @@ class FakeNode:
         agent = self.agents.get(namespace, {}).get(name)
         return agent.status if agent else None
 
+    def put(self, namespace: str, spec: Object, status: str = "deployed") -> None:
+        """An agent on the node that got there some other way (no call recorded)."""
+        self.agents.setdefault(namespace, {})[spec["metadata"]["name"]] = NodeAgent(
+            config=copy.deepcopy(spec), status=status, built=status == "deployed"
+        )
+
+    def restart(self, namespace: str) -> None:
+        """The node process restarted without its agents (nothing kept on disk)."""
+        self.agents.pop(namespace, None)
+
+    async def list_agents(self, namespace: str) -> list[dict[str, Any]]:
+        agents = self._call("list_agents", namespace, "")
+        return [
+            {
+                "name": name,
+                "version": (a.config.get("metadata") or {}).get("version"),
+                "namespace": (a.config.get("metadata") or {}).get("namespace", "default"),
+                "status": a.status,
+            }
+            for name, a in agents.items()
+        ]
+
     async def get_agent(self, namespace: str, name: str) -> dict[str, Any] | None:
         agent = self._call("get_agent", namespace, name).get(name)
         if agent is None:
@@ -403,6 +432,41 @@ def agent(
     }
 
 
+def node_pod(
+    namespace: str,
+    *,
+    name: str = "astromesh-node-abc12",
+    ready: bool = False,
+    ip: str | None = "127.0.100.7",
+    restarts: int = 0,
+    uid: str | None = None,
+    **status: Any,
+) -> Object:
+    """A pod of the node Deployment of ``namespace``, as a kubelet reports it."""
+    meta: Object = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**NODE_POD_LABELS, TENANT_LABEL: namespace},
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+    if uid is not None:
+        meta["uid"] = uid
+    st: Object = {
+        "phase": "Running" if ip else "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True" if ready else "False"},
+        ],
+        "containerStatuses": [
+            {"name": NODE_NAME, "ready": ready, "restartCount": restarts, "state": {}}
+        ],
+    }
+    if ip:
+        st["podIP"] = ip
+    st.update(status)
+    return {"metadata": meta, "spec": {}, "status": st}
+
+
 def ready_tenant(name: str, **kw: Any) -> Object:
     """A tenant as the tenant controller leaves it once its namespace is in place."""
     t = tenant(name, **kw)
@@ -418,13 +482,18 @@ def ready_tenant(name: str, **kw: Any) -> Object:
 
 class World:
     """One fake API server, its cache, an event sink, a node and a clock; and the reconcilers
-    built on them, as ``nexus.controllers.setup`` builds them on a manager."""
+    built on them, as ``nexus.controllers.setup`` builds them on a manager.
+
+    By default the tenant reconciler does not wait for the node (there is no kubelet here to
+    make a Deployment available): ``World(wait_for_node=True)`` does, and
+    :meth:`node_available` plays the kubelet and the controller manager.
+    """
 
     RESYNC = 60.0
     ERROR_RETRY = 30.0
     PENDING_RETRY = 15.0
 
-    def __init__(self) -> None:
+    def __init__(self, *, wait_for_node: bool = False, prune_orphans: bool = True) -> None:
         self.server = FakeApiServer()
         self.cache = FakeCache(
             self.server, indexers={(TENANTS, TENANT_BY_NAMESPACE): tenant_namespace_index}
@@ -436,6 +505,7 @@ class World:
             cache=self.cache,
             client=self.server,
             events=self.events,
+            node=self.node,
             settings=TenantSettings(
                 system_namespace=SYSTEM_NS,
                 node_image="astromesh/node:test",
@@ -443,6 +513,8 @@ class World:
                 error_retry=self.ERROR_RETRY,
                 node_run_as_user=65532,
                 fence=FenceSettings(),
+                wait_for_node=wait_for_node,
+                prune_orphans=prune_orphans,
             ),
             clock=self.clock,
         )
@@ -479,6 +551,34 @@ class World:
         assert obj is not None, f"agent {namespace}/{name} is gone"
         return obj
 
+    def node_available(
+        self, namespace: str, *, available: bool = True, pod: Object | None = None
+    ) -> None:
+        """The node Deployment of ``namespace`` as the controller manager reports it (one
+        available pod, or none), with its pod (default: a Ready one, or none at all)."""
+        key = ("deployments", namespace, NODE_NAME)
+        dep = self.server.objects[key]
+        dep["status"] = (
+            {
+                "replicas": 1,
+                "availableReplicas": 1,
+                "readyReplicas": 1,
+                "conditions": [{"type": "Available", "status": "True"}],
+            }
+            if available
+            else {
+                "replicas": 1,
+                "unavailableReplicas": 1,
+                "conditions": [{"type": "Available", "status": "False"}],
+            }
+        )
+        for k in [k for k in self.server.objects if k[0] == "pods" and k[1] == namespace]:
+            del self.server.objects[k]
+        if pod is None and available:
+            pod = node_pod(namespace, ready=True)
+        if pod is not None:
+            self.server.put(PODS, pod)
+
     def forget_calls(self) -> None:
         """Start counting calls and events afresh (after the set-up of a test)."""
         self.server.calls.clear()
@@ -498,6 +598,7 @@ __all__ = [
     "World",
     "agent",
     "merge_patch",
+    "node_pod",
     "ready_tenant",
     "tenant",
 ]

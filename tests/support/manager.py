@@ -53,6 +53,9 @@ class ManagerProcess:
             f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
             f"--database={self.database}",
             f"--node-endpoint={self.node_url}",
+            # One node process for all tenants and no kubelet: Ready when the objects exist
+            # (``extra`` may say --wait-for-node; the last flag wins).
+            "--no-wait-for-node",
             "--node-image=astromesh/node:test",
             "--error-requeue=1",
             # Off unless a test asks (several managers run at once; :9443 is shared).

@@ -9,8 +9,13 @@ import pytest
 
 from nexus.controllers import desired
 from nexus.controllers.agent import _looks_deployed, _same_spec, desired_spec
-from nexus.domain.resources import MANAGED_LABEL, TENANT_LABEL, TENANT_NAMESPACE_LABEL
-from nexus.node import NODE_NAME, NODE_PORT
+from nexus.domain.resources import (
+    AGENT_NAMESPACE_LABEL,
+    MANAGED_LABEL,
+    TENANT_LABEL,
+    TENANT_NAMESPACE_LABEL,
+)
+from nexus.node import NODE_NAME, NODE_POD_LABELS, NODE_POD_SELECTOR, NODE_PORT
 
 from ..support.fakes import SYSTEM_NS, agent, tenant
 
@@ -130,7 +135,26 @@ def test_desired_spec_is_named_after_the_resource() -> None:
 def test_desired_spec_without_metadata() -> None:
     a = agent("bot", "acme")
     del a["spec"]["agentSpec"]["metadata"]
-    assert desired_spec(a)["metadata"] == {"name": "bot"}
+    assert desired_spec(a)["metadata"] == {
+        "name": "bot",
+        "labels": {AGENT_NAMESPACE_LABEL: "acme"},
+    }
+
+
+def test_desired_spec_is_marked_as_nexus_and_keeps_the_users_labels() -> None:
+    a = agent("bot", "acme")
+    a["spec"]["agentSpec"]["metadata"]["labels"] = {"team": "x", AGENT_NAMESPACE_LABEL: "evil"}
+    assert desired_spec(a)["metadata"]["labels"] == {"team": "x", AGENT_NAMESPACE_LABEL: "acme"}
+    assert a["spec"]["agentSpec"]["metadata"]["labels"][AGENT_NAMESPACE_LABEL] == "evil"
+    a["spec"]["agentSpec"]["metadata"]["labels"] = "not a map"
+    assert desired_spec(a)["metadata"]["labels"] == {AGENT_NAMESPACE_LABEL: "acme"}
+
+
+def test_the_node_pod_selector_matches_the_pods_of_the_node_deployment() -> None:
+    dep = desired.node_deployment(tenant("acme"), "img")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in NODE_POD_LABELS.items())
+    assert ",".join(f"{k}={v}" for k, v in NODE_POD_LABELS.items()) == NODE_POD_SELECTOR
 
 
 def test_the_skills_the_node_injects_are_not_a_difference() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,7 +21,13 @@ from nexus.localnode.cli import config_from_args
 from nexus.localnode.config import DEFAULT_SELECTOR, LocalNodeConfig
 from nexus.localnode.probes import Probe, ProbeLoop, run_probe
 from nexus.localnode.process import NodeProcess
-from nexus.localnode.status import Conditions, ContainerStatus, phase, pod_status
+from nexus.localnode.status import (
+    Conditions,
+    ContainerStatus,
+    phase,
+    pod_status,
+    skipped_init_status,
+)
 
 from ..support.faults import eventually
 
@@ -228,6 +235,38 @@ def test_pod_spec_reading() -> None:
     two = {"spec": {"containers": [{}, {}]}}
     assert "one container" in (podspec.unsupported(two) or "")
     assert podspec.serving_port({}) == 8000
+
+
+def test_init_containers_are_reported_not_run_and_empty_dirs_become_pod_folders() -> None:
+    pod = desired_node_pod()
+    c = podspec.container(pod)
+    assert podspec.unsupported(pod) is None
+    assert [ic["name"] for ic in podspec.init_containers(pod)] == ["seed-config"]
+    mounts = podspec.empty_dir_mounts(pod, c)
+    assert mounts["/home/astromesh"] == "home" and mounts["/etc/astromesh"] == "config"
+    local = {path: Path("/pod/volumes") / name for path, name in mounts.items()}
+    assert podspec.relocate("/home/astromesh", local) == "/pod/volumes/home"
+    assert podspec.relocate("/home/astromesh/.cache", local) == "/pod/volumes/home/.cache"
+    assert podspec.relocate("/home/astromeshy", local) == "/home/astromeshy"
+    assert podspec.relocate("1", local) == "1"
+    status = pod_status(
+        container=ContainerStatus(name="c", image="i"),
+        conditions=Conditions(),
+        host_ip="127.0.0.1",
+        pod_ip="127.0.100.1",
+        start_time="t",
+        init_containers=[skipped_init_status(ic, "t") for ic in podspec.init_containers(pod)],
+    )
+    (init,) = status["initContainerStatuses"]
+    assert init["name"] == "seed-config" and init["ready"] is True
+    assert init["state"]["terminated"]["exitCode"] == 0
+
+
+def desired_node_pod() -> dict[str, Any]:
+    """A pod of the tenant controller's node Deployment (restricted profile, init container)."""
+    tenant = {"metadata": {"name": "t-x", "namespace": "nexus-system"}, "spec": {}}
+    template = desired.node_deployment(tenant, "astromesh/node:test")["spec"]["template"]
+    return {"metadata": {"name": "p", "namespace": "t-x", "uid": "u"}, **template}
 
 
 # -- process ------------------------------------------------------------------------------------
