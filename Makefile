@@ -98,8 +98,8 @@ undeploy-ha: ## Remove what deploy-ha created.
 
 ##@ Local cluster (a real single-node Kubernetes on this machine; root, Linux)
 .PHONY: cluster-up
-cluster-up: ## Start the cluster, build the images, deploy Nexus; prints its URL and kubeconfig.
-	hack/cluster.sh up
+cluster-up: venv ## Start the cluster, build the images, deploy Nexus; prints its URL and kubeconfig.
+	PYTHON=$(PY) hack/cluster.sh up
 
 .PHONY: cluster-down
 cluster-down: ## Stop the cluster and undo every change it made to the machine.
