@@ -1,16 +1,19 @@
 # syntax=docker/dockerfile:1
 # Nexus manager image: controllers + REST API. Multi-stage, non-root, read-only-root friendly.
+# BASE_IMAGE: any image with CPython 3.12 on PATH as python3, plus groupadd/useradd (Debian);
+# hack/cluster.sh passes a locally built one on machines that reach no registry.
+ARG BASE_IMAGE=python:3.12-slim
 
-FROM python:3.12-slim AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nexus ./nexus
-RUN python -m venv /opt/nexus \
+RUN python3 -m venv /opt/nexus \
  && /opt/nexus/bin/pip install --upgrade pip \
  && /opt/nexus/bin/pip install .
 
-FROM python:3.12-slim
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="nexus" \
       org.opencontainers.image.description="Multi-tenant control plane for Astromesh agents"
 ENV PATH=/opt/nexus/bin:$PATH \

@@ -42,7 +42,7 @@ lint: venv ## ruff, mypy --strict and the import contracts.
 test: venv ## Everything CI runs: lint, then the whole test suite on a real control plane.
 	@assets="$$(hack/setup-envtest.sh)"; \
 	  $(MAKE) --no-print-directory lint; \
-	  KUBEBUILDER_ASSETS="$$assets" $(VENV)/bin/pytest $(PYTEST_ARGS)
+	  KUBEBUILDER_ASSETS="$$assets" $(VENV)/bin/pytest --ignore=tests/e2e $(PYTEST_ARGS)
 
 .PHONY: dev
 dev: venv ## Run Nexus locally: embedded control plane, real astromesh node, API on :8080.
@@ -60,6 +60,9 @@ manifests: venv ## Regenerate the CRDs in config/crd/bases.
 KUBECTL ?= $(shell command -v kubectl || echo "$$(hack/setup-envtest.sh)/kubectl")
 IMG ?= nexus:latest
 CONTAINER_TOOL ?= docker
+BASE_IMAGE ?=
+DOCKER_BUILD_ARGS ?=
+DEPLOY_DIR ?= config/default
 
 .PHONY: install
 install: ## Install the CRDs into the cluster of the current kubeconfig.
@@ -74,12 +77,12 @@ run: venv ## Run the manager against the cluster of the current kubeconfig (need
 	$(VENV)/bin/nexus manager --log-format=console
 
 .PHONY: docker-build
-docker-build: ## Build the manager image (IMG=...).
-	$(CONTAINER_TOOL) build -t $(IMG) .
+docker-build: ## Build the manager image (IMG=..., BASE_IMAGE=... instead of python:3.12-slim).
+	$(CONTAINER_TOOL) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(DOCKER_BUILD_ARGS) -t $(IMG) .
 
 .PHONY: deploy
-deploy: ## Deploy Nexus (CRDs, RBAC, manager) with the image IMG.
-	$(KUBECTL) kustomize config/default | sed "s#image: nexus:latest#image: $(IMG)#" | $(KUBECTL) apply -f -
+deploy: ## Deploy Nexus (CRDs, RBAC, manager) with the image IMG (DEPLOY_DIR=config/default).
+	$(KUBECTL) kustomize $(DEPLOY_DIR) | sed "s#image: nexus:latest#image: $(IMG)#" | $(KUBECTL) apply -f -
 
 .PHONY: undeploy
 undeploy: ## Remove what deploy created.
@@ -92,3 +95,17 @@ deploy-ha: ## Deploy two replicas on your own PostgreSQL (config/ha; Secrets fir
 .PHONY: undeploy-ha
 undeploy-ha: ## Remove what deploy-ha created.
 	$(KUBECTL) delete -k config/ha --ignore-not-found
+
+##@ Local cluster (a real single-node Kubernetes on this machine; root, Linux)
+.PHONY: cluster-up
+cluster-up: venv ## Start the cluster, build the images, deploy Nexus; prints its URL and kubeconfig.
+	PYTHON=$(PY) hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the cluster and undo every change it made to the machine.
+	hack/cluster.sh down
+	hack/cluster.sh check-clean
+
+.PHONY: test-e2e
+test-e2e: venv ## End-to-end tests against the cluster of cluster-up.
+	$(VENV)/bin/pytest tests/e2e -m e2e $(PYTEST_ARGS)

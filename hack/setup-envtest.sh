@@ -17,6 +17,8 @@ GO_BINARIES=(kube-apiserver kube-controller-manager kubectl)
 
 log() { printf 'setup-envtest: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=lib/k8s-source.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/k8s-source.sh"
 
 has_all() {
   local dir="$1" b
@@ -55,20 +57,7 @@ command -v apt-get >/dev/null || die "no apt-get: set KUBEBUILDER_ASSETS to a fo
 export DEBIAN_FRONTEND=noninteractive
 log "building Kubernetes $K8S_VERSION control-plane binaries from Debian sources (once; ~7-10 min)"
 
-SRC_LIST=/etc/apt/sources.list.d/nexus-deb-src.sources
-if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list 2>/dev/null; then
-  uri="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
-  [[ -n "$uri" ]] || uri="$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)"
-  [[ -n "$uri" ]] || die "cannot find the Debian mirror URI to add a deb-src entry"
-  log "adding a deb-src entry for bookworm main ($uri)"
-  cat >"$SRC_LIST" <<SRC
-Types: deb-src
-URIs: $uri
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-fi
+k8s_add_deb_src
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nexus-k8s-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -88,22 +77,8 @@ quiet "apt-get install" apt-get install -y --no-install-recommends \
   etcd-server golang-go rsync golang-github-modern-go-reflect2-dev make openssl
 
 log "downloading the kubernetes source package"
-quiet "apt-get source kubernetes" apt-get source --download-only kubernetes
-orig="$(ls kubernetes_*.orig.tar.* 2>/dev/null | head -n1)"
-[[ -n "$orig" ]] || die "no kubernetes orig tarball was downloaded"
-mkdir src
-tar -xf "$orig" -C src --strip-components=1 || die "cannot unpack $orig"
+k8s_unpack_patched_source src
 cd src
-[[ -d vendor/github.com/modern-go/reflect2 ]] || die "unexpected source layout: no vendored reflect2"
-
-# reflect2 v1.0.1 breaks map iteration under Go >= 1.18 (apiserver segfault on the first
-# custom-resource write); Debian ships the fixed 1.0.2.
-log "patching vendored reflect2 to 1.0.2"
-rm -rf vendor/github.com/modern-go/reflect2
-cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
-rm -f vendor/github.com/modern-go/reflect2/go.mod
-sed -i 's#^\(\# github.com/modern-go/reflect2\) v1.0.1#\1 v1.0.2#; s#^\(github.com/modern-go/reflect2\) v1.0.1#\1 v1.0.2#' vendor/modules.txt
-grep -q 'modern-go/reflect2 v1.0.2' vendor/modules.txt || die "reflect2 patch of vendor/modules.txt failed"
 
 # Only what the cache lacks (a cache from an older version of this script may lack kubectl).
 missing=()

@@ -37,6 +37,7 @@ from nexus.runtime import Manager, ManagerOptions
 from nexus.runtime.healthz import parse_bind_address
 from nexus.runtime.informer import InformerOptions
 from nexus.runtime.logging import configure_logging
+from nexus.runtime.tokenfile import TokenFile
 from nexus.runtime.webhook import (
     CertificateBundle,
     WebhookServer,
@@ -66,6 +67,8 @@ async def kube_configuration(kubeconfig: str | None) -> k8s_client.Configuration
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         try:
             k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            # The kubelet rotates the token: send the file's current one on every request.
+            TokenFile().install(cfg)
             return cfg
         except ConfigException:
             pass
