@@ -1,15 +1,16 @@
 """Provisioning throughput: N NexusTenants created at once until all are Ready.
 
 Nexus (the real controllers in this process) against the floor: a bare client making the
-same API writes per tenant, in the same order and staging, with no framework, no cache and no
-workqueue (each tenant is provisioned from its create's answer as soon as it exists, by as
-many sequences as Nexus has workers): the finalizer (a guarded JSON patch), status Provisioning, the namespace, then the six
-objects of its fence at once (ServiceAccount, three NetworkPolicies, ResourceQuota,
-LimitRange), then the node Deployment and Service at once, status Ready; its two Events are
-sent in the background, as Nexus's event recorder does. Each run gets a fresh control plane;
-the sides alternate (floor, Nexus, floor, Nexus by default) and the API server's own request
-counts by verb and resource (``apiserver_request_total``) are compared, so that a difference
-in the writes shows. Target: Nexus <= 1.05x the floor in both pairs.
+same API writes per tenant, in the same order and staging, with no framework, no cache and
+no workqueue. Each tenant is provisioned from its create's answer as soon as it exists, by
+as many sequences as Nexus has workers: the finalizer (a guarded JSON patch), status
+Provisioning, the namespace, then the six objects of its fence at once (ServiceAccount,
+three NetworkPolicies, ResourceQuota, LimitRange), then the node Deployment and Service at
+once, status Ready; its two Events are sent in the background, as Nexus's event recorder
+does. Each run gets a fresh control plane; the sides alternate (floor, Nexus, floor, Nexus
+by default) and the API server's own request counts by verb and resource
+(``apiserver_request_total``) are compared, so that a difference in the writes shows.
+Target: Nexus <= 1.05x the floor in both pairs.
 
     .venv/bin/python -m bench.tenant_throughput [--n 1000] [--workers 16] [--pairs 2]
         [--profile DIR]   # py-spy on the Nexus runs: DIR/nexus-<i>.txt (self time by function)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nexus.controllers.agent import AgentSettings, NexusAgentReconciler
-from nexus.controllers.cachetrim import configure_cache
 from nexus.controllers.ports import NodeApi
 from nexus.controllers.tenant import NexusTenantReconciler, TenantSettings
 from nexus.controllers.watches import (
@@ -22,7 +22,7 @@ from nexus.controllers.watches import (
 from nexus.domain.resources import AGENTS, TENANT_LABEL, TENANT_NAMESPACE_LABEL, TENANTS
 from nexus.node import NODE_POD_SELECTOR
 from nexus.node.pods import is_ready
-from nexus.runtime import Builder, ControllerOptions, Manager, enqueue_from_labels
+from nexus.runtime import Builder, ControllerOptions, Manager, Request, enqueue_from_labels
 from nexus.runtime.objects import Object
 from nexus.runtime.predicates import DeletionOrFinalizersChanged, Funcs, GenerationChanged, Or
 from nexus.runtime.resource import (
@@ -67,8 +67,6 @@ def node_pods(mgr: Manager) -> None:
 
 def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings) -> Controllers:
     system_ns = settings.tenant.system_namespace
-    # What the cache keeps of each kind (before any informer starts): see cachetrim.
-    configure_cache(mgr.cache, settings.tenant)
     tenants = mgr.cache.informer_for(TENANTS, namespace=system_ns)
     tenants.add_indexer(TENANT_BY_NAMESPACE, tenant_namespace_index)
     node_pods(mgr)
@@ -80,7 +78,13 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
         node=node,
         settings=settings.tenant,
     )
-    children = enqueue_from_labels(TENANT_LABEL, TENANT_NAMESPACE_LABEL)
+    by_labels = enqueue_from_labels(TENANT_LABEL, TENANT_NAMESPACE_LABEL)
+
+    def children(obj: Object) -> Iterable[Request]:
+        # Children are cached cluster-wide; another Nexus (another system namespace) may
+        # share the cluster, and its tenants are not ours to reconcile.
+        return [r for r in by_labels(obj) if r.namespace == system_ns]
+
     selector = TENANT_LABEL  # existence: only objects Nexus created are cached
     (
         Builder(mgr)

@@ -35,9 +35,9 @@ pytestmark = pytest.mark.cluster
 
 IDLE = 3.0
 SLACK = 5.0
-#: Watches of a Nexus manager: tenants, agents, and the tenants' namespaces, Deployments and
-#: Services.
-WATCHES = 5
+#: Watches of a Nexus manager: tenants, agents, node pods, and the tenants' namespaces,
+#: Deployments, Services, ServiceAccounts, NetworkPolicies, ResourceQuotas and LimitRanges.
+WATCHES = 10
 
 
 async def test_blackholed_watches_are_reopened_within_the_idle_timeout(
