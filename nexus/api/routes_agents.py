@@ -168,9 +168,7 @@ async def list_agents(request: web.Request) -> web.Response:
     ]
     items.sort(key=_by_name)
     # orjson: ten times faster than json on this list (bench/api_breakdown.py).
-    return web.Response(
-        body=orjson.dumps(items), content_type="application/json", charset="utf-8"
-    )
+    return web.Response(body=orjson.dumps(items), content_type="application/json", charset="utf-8")
 
 
 def _list_item(obj: Object) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nexus.controllers.agent import AgentSettings, NexusAgentReconciler
+from nexus.controllers.cachetrim import configure_cache
 from nexus.controllers.ports import NodeApi
 from nexus.controllers.tenant import NexusTenantReconciler, TenantSettings
 from nexus.controllers.watches import (
@@ -67,6 +68,8 @@ def node_pods(mgr: Manager) -> None:
 
 def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings) -> Controllers:
     system_ns = settings.tenant.system_namespace
+    # What the cache keeps of each kind (before any informer starts): see cachetrim.
+    configure_cache(mgr.cache, settings.tenant)
     tenants = mgr.cache.informer_for(TENANTS, namespace=system_ns)
     tenants.add_indexer(TENANT_BY_NAMESPACE, tenant_namespace_index)
     node_pods(mgr)

@@ -355,6 +355,10 @@ class Environment:
                     f"--service-account-private-key-file={pki / 'sa.key'}",
                     "--use-service-account-credentials=false",
                     f"--controllers={_KCM_CONTROLLERS}",
+                    # Quota usage is eventually consistent: a pod admitted while the quota
+                    # controller recomputes can stay uncounted until the next full sync (5 min
+                    # by default), far longer than a test waits.
+                    "--resource-quota-sync-period=10s",
                     "--v=0",
                 ],
                 f"https://127.0.0.1:{kcm_port}/healthz",
