@@ -18,6 +18,7 @@ A NetworkPolicy is enforced only by a CNI plugin that implements it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -99,13 +100,11 @@ def network_policies(tenant: Object, settings: FenceSettings) -> list[Object]:
     node_pods = {APP_LABEL: NODE_NAME, TENANT_LABEL: tenant["metadata"]["name"]}
     manager = {"matchLabels": {MANAGER_LABEL: "true"}}
     sources: list[Object] = [{"namespaceSelector": manager, "podSelector": manager}]
-    sources += [{"ipBlock": {"cidr": str(n)}} for n in _networks(settings.node_ingress_cidrs)]
-    deny = [
-        *_networks(settings.pod_cidrs),
-        *_networks(settings.service_cidrs),
-        *_networks(settings.egress_deny_cidrs),
+    ingress_cidrs, egress_cidrs = _ranges(settings)
+    sources += [{"ipBlock": {"cidr": c}} for c in ingress_cidrs]
+    blocks: list[Object] = [
+        {"ipBlock": {"cidr": c, "except": list(e)} if e else {"cidr": c}} for c, e in egress_cidrs
     ]
-    blocks = egress_blocks(_networks(settings.egress_allow_cidrs), deny)
     # Pods resolve names through the cluster DNS, whose address is inside the denied ranges.
     egress: list[Object] = [{"ports": [_port(53, "UDP"), _port(53, "TCP")]}]
     if blocks:
@@ -130,6 +129,27 @@ def network_policies(tenant: Object, settings: FenceSettings) -> list[Object]:
             "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": egress},
         },
     ]
+
+
+@functools.cache
+def _ranges(
+    settings: FenceSettings,
+) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """The node's extra ingress sources, and the egress blocks as (cidr, except) pairs.
+
+    They depend on the settings alone, and each tenant's every pass needs them: worked out
+    once (as strings, so that every desired object still gets dicts of its own).
+    """
+    deny = [
+        *_networks(settings.pod_cidrs),
+        *_networks(settings.service_cidrs),
+        *_networks(settings.egress_deny_cidrs),
+    ]
+    blocks = egress_blocks(_networks(settings.egress_allow_cidrs), deny)
+    return (
+        tuple(str(n) for n in _networks(settings.node_ingress_cidrs)),
+        tuple((b["ipBlock"]["cidr"], tuple(b["ipBlock"].get("except", ()))) for b in blocks),
+    )
 
 
 def egress_blocks(allow: Sequence[Network], deny: Sequence[Network]) -> list[Object]:

@@ -23,9 +23,21 @@ from nexus.controllers.watches import (
 from nexus.domain.resources import AGENTS, TENANT_LABEL, TENANT_NAMESPACE_LABEL, TENANTS
 from nexus.node import NODE_POD_SELECTOR
 from nexus.node.pods import is_ready
-from nexus.runtime import Builder, ControllerOptions, Manager, Request, enqueue_from_labels
+from nexus.runtime import (
+    Builder,
+    ControllerOptions,
+    Manager,
+    OwnWrites,
+    Request,
+    enqueue_from_labels,
+)
 from nexus.runtime.objects import Object
-from nexus.runtime.predicates import DeletionOrFinalizersChanged, Funcs, GenerationChanged, Or
+from nexus.runtime.predicates import (
+    DeletionOrFinalizersChanged,
+    Funcs,
+    GenerationChanged,
+    Or,
+)
 from nexus.runtime.resource import (
     DEPLOYMENTS,
     LIMIT_RANGES,
@@ -74,9 +86,12 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
     tenants.add_indexer(TENANT_BY_NAMESPACE, tenant_namespace_index)
     node_pods(mgr)
 
+    # Each controller's own writes do not wake it again (their watch echoes are dropped):
+    # one pass per change instead of a second one that finds everything converged.
+    tenant_writes = OwnWrites()
     tenant_rec = NexusTenantReconciler(
         cache=mgr.cache,
-        client=mgr.client,
+        client=tenant_writes.writer(mgr.client),
         events=mgr.event_recorder(f"{TENANT_CONTROLLER}-controller"),
         node=node,
         settings=settings.tenant,
@@ -92,7 +107,11 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
     (
         Builder(mgr)
         .named(TENANT_CONTROLLER)
-        .for_(TENANTS, Or(GenerationChanged(), DeletionOrFinalizersChanged()), namespace=system_ns)
+        .for_(
+            TENANTS,
+            Or(GenerationChanged(), DeletionOrFinalizersChanged()),
+            namespace=system_ns,
+        )
         .watches(NAMESPACES, children, label_selector=selector)
         .watches(DEPLOYMENTS, children, label_selector=selector)
         .watches(SERVICES, children, label_selector=selector)
@@ -119,13 +138,18 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
             tenants_of_agent(mgr.cache, system_ns),
             Funcs(on_update=agent_count_may_change),
         )
-        .with_options(ControllerOptions(max_concurrent_reconciles=settings.tenant_concurrency))
+        .with_options(
+            ControllerOptions(
+                max_concurrent_reconciles=settings.tenant_concurrency, own_writes=tenant_writes
+            )
+        )
         .complete(tenant_rec)
     )
 
+    agent_writes = OwnWrites()
     agent_rec = NexusAgentReconciler(
         cache=mgr.cache,
-        client=mgr.client,
+        client=agent_writes.writer(mgr.client),
         events=mgr.event_recorder(f"{AGENT_CONTROLLER}-controller"),
         node=node,
         settings=settings.agent,
@@ -133,7 +157,10 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
     (
         Builder(mgr)
         .named(AGENT_CONTROLLER)
-        .for_(AGENTS, Or(GenerationChanged(), DeletionOrFinalizersChanged()))
+        .for_(
+            AGENTS,
+            Or(GenerationChanged(), DeletionOrFinalizersChanged()),
+        )
         .watches(
             TENANTS,
             agents_of_tenant(mgr.cache),
@@ -148,7 +175,11 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
             Funcs(on_create=is_ready, on_update=node_pod_restarted, on_delete=_never),
             label_selector=NODE_POD_SELECTOR,
         )
-        .with_options(ControllerOptions(max_concurrent_reconciles=settings.agent_concurrency))
+        .with_options(
+            ControllerOptions(
+                max_concurrent_reconciles=settings.agent_concurrency, own_writes=agent_writes
+            )
+        )
         .complete(agent_rec)
     )
     return Controllers(tenant=tenant_rec, agent=agent_rec)

@@ -36,6 +36,7 @@ from nexus.runtime.handler import (
 from nexus.runtime.informer import EventHandler, Informer, InformerOptions
 from nexus.runtime.leader_election import LeaderElectionConfig, LeaderElectionLost, LeaderElector
 from nexus.runtime.manager import Manager, ManagerOptions, Runnable
+from nexus.runtime.ownwrites import OwnWrites, RecordingClient
 from nexus.runtime.ratelimiter import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
@@ -69,9 +70,11 @@ __all__ = [
     "Manager",
     "ManagerOptions",
     "MaxOfRateLimiter",
+    "OwnWrites",
     "QueueShutDown",
     "RateLimiter",
     "Reconciler",
+    "RecordingClient",
     "Request",
     "RequeueAfterError",
     "Resource",

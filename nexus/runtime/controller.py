@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -14,14 +13,15 @@ from nexus.runtime import metrics
 from nexus.runtime.client import ApiError
 from nexus.runtime.handler import Mapper
 from nexus.runtime.informer import Informer
+from nexus.runtime.objects import Object
+from nexus.runtime.ownwrites import OwnWrites, Verdict
 from nexus.runtime.predicates import Predicate
 from nexus.runtime.ratelimiter import RateLimiter
 from nexus.runtime.reconcile import Reconciler, Request, RequeueAfterError, TerminalError
+from nexus.runtime.resource import Resource
 from nexus.runtime.workqueue import LOW_PRIORITY, NORMAL_PRIORITY, QueueShutDown, WorkQueue
 
 log = structlog.get_logger("nexus.controller")
-
-Object = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,10 @@ class ControllerOptions:
     reconcile_timeout: float | None = None
     #: Whether this controller runs only on the elected leader.
     need_leader_election: bool = True
+    #: Drop the watch echoes of the writes the reconciler makes through
+    #: ``own_writes.writer(client)`` (see :mod:`nexus.runtime.ownwrites`); None: every event
+    #: that passes the predicates wakes the controller, as in controller-runtime.
+    own_writes: OwnWrites | None = None
 
 
 class _Enqueuer:
@@ -45,7 +49,7 @@ class _Enqueuer:
     changes made after a restart are served first (controller-runtime >= 0.23).
     """
 
-    __slots__ = ("mapper", "name", "predicates", "queue")
+    __slots__ = ("mapper", "name", "own_writes", "predicates", "queue", "resource")
 
     def __init__(
         self,
@@ -53,27 +57,49 @@ class _Enqueuer:
         mapper: Mapper,
         predicates: Sequence[Predicate],
         name: str = "",
+        *,
+        resource: Resource | None = None,
+        own_writes: OwnWrites | None = None,
     ) -> None:
         #: Labels this handler's errors in ``informer_handler_errors_total``.
         self.name = name
         self.queue = queue
         self.mapper = mapper
         self.predicates = tuple(predicates)
+        self.resource = resource
+        self.own_writes = own_writes if resource is not None else None
 
     def _enqueue(self, obj: Object, priority: int) -> None:
         for req in self.mapper(obj):
             self.queue.add(req, priority=priority)
 
+    def _offer(self, obj: Object, priority: int) -> None:
+        """Enqueue, unless ``obj`` is the echo of the reconciler's own write."""
+        own, res = self.own_writes, self.resource
+        if own is None or res is None:
+            self._enqueue(obj, priority)
+            return
+        verdict = own.verdict(res, obj)
+        if verdict is Verdict.CHANGE:
+            self._enqueue(obj, priority)
+        elif verdict is Verdict.PENDING:
+
+            def settle() -> None:
+                if own.verdict(res, obj) is not Verdict.ECHO:
+                    self._enqueue(obj, priority)
+
+            own.when_answered(res, obj, settle)
+
     def on_add(self, obj: Object, initial: bool) -> None:
         if all(p.create(obj) for p in self.predicates):
-            self._enqueue(obj, LOW_PRIORITY if initial else NORMAL_PRIORITY)
+            self._offer(obj, LOW_PRIORITY if initial else NORMAL_PRIORITY)
 
     def on_update(self, old: Object, new: Object) -> None:
         if all(p.update(old, new) for p in self.predicates):
             resync = (old.get("metadata") or {}).get("resourceVersion") == (
                 new.get("metadata") or {}
             ).get("resourceVersion")
-            self._enqueue(new, LOW_PRIORITY if resync else NORMAL_PRIORITY)
+            self._offer(new, LOW_PRIORITY if resync else NORMAL_PRIORITY)
 
     def on_delete(self, obj: Object, final_state_unknown: bool) -> None:
         if all(p.delete(obj) for p in self.predicates):
@@ -131,7 +157,16 @@ class Controller:
 
     def watch(self, informer: Informer, mapper: Mapper, *predicates: Predicate) -> None:
         """Queue the requests ``mapper`` derives from every event that passes ``predicates``."""
-        informer.add_event_handler(_Enqueuer(self.queue, mapper, predicates, self.name))
+        informer.add_event_handler(
+            _Enqueuer(
+                self.queue,
+                mapper,
+                predicates,
+                self.name,
+                resource=informer.resource,
+                own_writes=self.options.own_writes,
+            )
+        )
         self._watched.append(informer)
 
     @property
