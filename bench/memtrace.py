@@ -35,11 +35,6 @@ _IGNORE = (
 )
 
 
-#: Benchmarks only: start the manager with ``nexus.kubelazy`` installed first (for a tree where
-#: ``nexus/__init__`` does not install it yet), to measure what it saves.
-ENV_KUBELAZY = "NEXUS_KUBELAZY"
-
-
 def _flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false")
 
@@ -49,19 +44,16 @@ def enabled() -> bool:
 
 
 def wrap(module_args: list[str], out: Path) -> list[str]:
-    """``python -m <module_args>`` as argv, under tracemalloc when ``NEXUS_TRACEMALLOC`` is set
-    (and with lazy kubernetes-asyncio imports when ``NEXUS_KUBELAZY`` is).
+    """``python -m <module_args>`` as argv, under tracemalloc when ``NEXUS_TRACEMALLOC`` is set.
 
     ``module_args`` is ``["nexus.cli", "manager", ...]`` (a module, then its arguments).
     """
-    if not enabled() and not _flag(ENV_KUBELAZY):
+    if not enabled():
         return [sys.executable, "-m", *module_args]
     interval = os.environ.get(ENV_INTERVAL, "60")
     target = os.environ.get(ENV_OUT) or str(out)
     return [
         sys.executable, "-m", "bench.memtrace", f"--out={target}", f"--interval={interval}",
-        *([] if enabled() else ["--no-trace"]),
-        *(["--kubelazy"] if _flag(ENV_KUBELAZY) else []),
         *module_args,
     ]  # fmt: skip
 
@@ -118,14 +110,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=int(os.environ.get(ENV_FRAMES, "1")))
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-trace", action="store_true", help="only launch the module")
-    parser.add_argument("--kubelazy", action="store_true", help="install nexus.kubelazy first")
     parser.add_argument("module")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     ns = parser.parse_args()
-    if ns.kubelazy:
-        from nexus import kubelazy
-
-        kubelazy.install()
     if not ns.no_trace:
         tracemalloc.start(ns.frames)
         threading.Thread(

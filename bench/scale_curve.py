@@ -48,7 +48,7 @@ _BUCKET = re.compile(
 
 
 class Manager:
-    """``nexus manager`` as a subprocess (with lazy kubernetes imports if NEXUS_KUBELAZY)."""
+    """``nexus manager`` as a subprocess."""
 
     def __init__(self, env: Environment, log: Path) -> None:
         self.env = env

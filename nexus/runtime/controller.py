@@ -73,33 +73,36 @@ class _Enqueuer:
         for req in self.mapper(obj):
             self.queue.add(req, priority=priority)
 
-    def _offer(self, obj: Object, priority: int) -> None:
-        """Enqueue, unless ``obj`` is the echo of the reconciler's own write."""
+    def _offer(self, obj: Object, old: Object | None, priority: int) -> None:
+        """Enqueue, unless the event is the echo of the reconciler's own write."""
         own, res = self.own_writes, self.resource
         if own is None or res is None:
             self._enqueue(obj, priority)
             return
-        verdict = own.verdict(res, obj)
+        verdict = own.verdict(res, obj, old)
         if verdict is Verdict.CHANGE:
             self._enqueue(obj, priority)
         elif verdict is Verdict.PENDING:
 
             def settle() -> None:
-                if own.verdict(res, obj) is not Verdict.ECHO:
+                if own.verdict(res, obj, old) is not Verdict.ECHO:
                     self._enqueue(obj, priority)
 
             own.when_answered(res, obj, settle)
 
     def on_add(self, obj: Object, initial: bool) -> None:
         if all(p.create(obj) for p in self.predicates):
-            self._offer(obj, LOW_PRIORITY if initial else NORMAL_PRIORITY)
+            self._offer(obj, None, LOW_PRIORITY if initial else NORMAL_PRIORITY)
 
     def on_update(self, old: Object, new: Object) -> None:
         if all(p.update(old, new) for p in self.predicates):
             resync = (old.get("metadata") or {}).get("resourceVersion") == (
                 new.get("metadata") or {}
             ).get("resourceVersion")
-            self._offer(new, LOW_PRIORITY if resync else NORMAL_PRIORITY)
+            if resync:  # a periodic resync is never an echo
+                self._enqueue(new, LOW_PRIORITY)
+            else:
+                self._offer(new, old, NORMAL_PRIORITY)
 
     def on_delete(self, obj: Object, final_state_unknown: bool) -> None:
         if all(p.delete(obj) for p in self.predicates):

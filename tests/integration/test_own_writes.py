@@ -44,8 +44,15 @@ class Stamping:
         obj = self.manager.cache.get(CONFIGMAPS, request.name, request.namespace)
         if obj is None:
             return None
-        if "stamped" not in (obj["metadata"].get("annotations") or {}):
-            patch = {"metadata": {"annotations": {"stamped": "yes"}}}
+        meta = obj["metadata"]
+        if "stamped" not in (meta.get("annotations") or {}):
+            # Guarded by the version it was decided on: only such a write's echo is known.
+            patch = {
+                "metadata": {
+                    "annotations": {"stamped": "yes"},
+                    "resourceVersion": meta["resourceVersion"],
+                }
+            }
             await self.client.patch(CONFIGMAPS, request.name, patch, request.namespace)
         return None
 

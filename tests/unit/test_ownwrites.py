@@ -15,32 +15,67 @@ def obj(uid: str, rv: str, name: str = "x") -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv}}
 
 
-def verdict(writes: OwnWrites, o: dict[str, Any]) -> Verdict:
-    return writes.verdict(CONFIGMAPS, o)
+def verdict(writes: OwnWrites, o: dict[str, Any], old: dict[str, Any] | None = None) -> Verdict:
+    return writes.verdict(CONFIGMAPS, o, old)
 
 
-def test_the_echo_of_a_recorded_answer_is_recognised_once() -> None:
+def test_the_echo_of_a_create_is_its_first_event_once() -> None:
     writes = OwnWrites()
-    writes.record(obj("u1", "5"))
+    writes.record(obj("u1", "5"), written_on=None)
     assert verdict(writes, obj("u1", "5")) is ECHO
     # Once only: a relist or a second watcher of the same version is not hidden twice.
     assert verdict(writes, obj("u1", "5")) is CHANGE
     assert writes.echoes == 1 and len(writes) == 0
 
 
+def test_a_created_object_seen_as_an_update_is_a_change() -> None:
+    # A relist that replaced an earlier object of the same name: its deletion is hidden in it.
+    writes = OwnWrites()
+    writes.record(obj("u2", "9"), written_on=None)
+    assert verdict(writes, obj("u2", "9"), old=obj("u1", "3")) is CHANGE
+
+
+def test_the_echo_of_a_guarded_write_comes_from_its_precondition() -> None:
+    writes = OwnWrites()
+    writes.record(obj("u1", "6"), written_on="5")
+    assert verdict(writes, obj("u1", "6"), old=obj("u1", "5")) is ECHO
+
+
+def test_an_update_that_spans_another_version_is_a_change() -> None:
+    # A relist merged somebody's version 5 and our write on 5 into one update 4 -> 6.
+    writes = OwnWrites()
+    writes.record(obj("u1", "6"), written_on="5")
+    assert verdict(writes, obj("u1", "6"), old=obj("u1", "4")) is CHANGE
+
+
+def test_a_no_op_answer_is_not_recorded() -> None:
+    writes = OwnWrites()
+    writes.record(obj("u1", "5"), written_on="5")  # the precondition's version: nothing changed
+    assert len(writes) == 0
+
+
 def test_other_versions_and_other_objects_are_changes() -> None:
     writes = OwnWrites()
-    writes.record(obj("u1", "5"))
-    assert verdict(writes, obj("u1", "6")) is CHANGE  # someone else's later write
+    writes.record(obj("u1", "5"), written_on=None)
+    assert verdict(writes, obj("u1", "6"), old=obj("u1", "5")) is CHANGE  # a later write
     assert verdict(writes, obj("u2", "5")) is CHANGE  # another object, same version number
     assert verdict(writes, obj("u1", "5")) is ECHO
 
 
 def test_several_writes_to_one_object_each_wait_for_their_echo() -> None:
     writes = OwnWrites()
-    for rv in ("5", "6", "7"):  # finalizer, then two status patches
-        writes.record(obj("u1", rv))
-    assert [verdict(writes, obj("u1", rv)) for rv in ("5", "6", "7")] == [ECHO, ECHO, ECHO]
+    writes.record(obj("u1", "5"), written_on=None)
+    writes.record(obj("u1", "6"), written_on="5")
+    writes.record(obj("u1", "7"), written_on="6")
+    assert verdict(writes, obj("u1", "5")) is ECHO
+    assert verdict(writes, obj("u1", "6"), obj("u1", "5")) is ECHO
+    assert verdict(writes, obj("u1", "7"), obj("u1", "6")) is ECHO
+
+
+def test_an_answer_at_time_zero_is_recognised() -> None:
+    writes = OwnWrites(clock=FakeClock(0.0).now)
+    writes.record(obj("u1", "5"), written_on=None)
+    assert verdict(writes, obj("u1", "5")) is ECHO
 
 
 def test_an_event_during_a_write_waits_for_its_answer() -> None:
@@ -52,7 +87,8 @@ def test_an_event_during_a_write_waits_for_its_answer() -> None:
     settled: list[Verdict] = []
     writes.when_answered(CONFIGMAPS, early, lambda: settled.append(verdict(writes, early)))
     assert settled == []
-    writes.end(path, obj("u1", "5"))
+    writes.record(obj("u1", "5"), written_on=None)
+    writes.end(path)
     assert settled == [ECHO]
     # No write in flight: at once.
     writes.when_answered(CONFIGMAPS, early, lambda: settled.append(CHANGE))
@@ -67,9 +103,10 @@ def test_a_failed_write_leaves_the_event_a_change() -> None:
     event = obj("u1", "5")
     settled: list[Verdict] = []
     writes.when_answered(CONFIGMAPS, event, lambda: settled.append(verdict(writes, event)))
-    writes.end(path, None)
+    writes.end(path)  # failed: nothing recorded
     assert settled == []  # the other write has not answered
-    writes.end(path, obj("u1", "6"))
+    writes.record(obj("u1", "6"), written_on=None)
+    writes.end(path)
     assert settled == [CHANGE]
 
 
@@ -77,30 +114,34 @@ def test_a_callback_error_does_not_reach_the_writer() -> None:
     writes = OwnWrites()
     path = CONFIGMAPS.path("ns", "x")
     writes.begin(path)
-    writes.when_answered(CONFIGMAPS, obj("u1", "5"), lambda: 1 / 0)  # type: ignore[arg-type,return-value]
-    writes.end(path, obj("u1", "5"))  # does not raise
+
+    def broken() -> None:
+        raise RuntimeError("a watcher's bug")
+
+    writes.when_answered(CONFIGMAPS, obj("u1", "5"), broken)
+    writes.end(path)  # does not raise
 
 
 def test_answers_without_uid_or_version_are_not_recorded() -> None:
     writes = OwnWrites()
-    writes.record(None)
-    writes.record({"metadata": {"name": "x"}})
-    writes.record({"kind": "Status"})
+    writes.record(None, written_on=None)
+    writes.record({"metadata": {"name": "x"}}, written_on=None)
+    writes.record({"kind": "Status"}, written_on="3")
     assert len(writes) == 0
 
 
 def test_echoes_that_never_come_are_forgotten_after_the_ttl() -> None:
     clock = FakeClock()
     writes = OwnWrites(ttl=60.0, clock=clock.now)
-    writes.record(obj("u1", "5"))  # a no-op patch: no event will ever carry it
+    writes.record(obj("u1", "5"), written_on=None)  # its event came before (a relist, say)
     clock.advance(30)
-    writes.record(obj("u2", "9"))
+    writes.record(obj("u2", "9"), written_on=None)
     clock.advance(31)
-    writes.record(obj("u3", "1"))  # sweeps what is older than the TTL
+    writes.record(obj("u3", "1"), written_on=None)  # sweeps what is older than the TTL
     assert len(writes) == 2
     clock.advance(61)
-    writes.record(obj("u4", "1"))
-    assert len(writes) == 1
+    assert verdict(writes, obj("u9", "1")) is CHANGE  # events sweep too
+    assert len(writes) == 0
 
 
 class FakeClient:
@@ -144,14 +185,20 @@ async def test_the_recording_client_records_writes_and_only_writes() -> None:
     await client.get(CONFIGMAPS, "a", "ns")
     await client.get_or_none(CONFIGMAPS, "a", "ns")
     assert len(writes) == 0
-    await client.create(CONFIGMAPS, {"metadata": {"name": "a"}})
-    await client.replace(CONFIGMAPS, {"metadata": {"name": "b"}})
-    await client.patch(CONFIGMAPS, "c", {"data": {}}, "ns")
-    await client.patch_status(CONFIGMAPS, "d", {"phase": "Ready"}, "ns")
+    await client.create(CONFIGMAPS, {"metadata": {"name": "a"}})  # rv 1
+    await client.replace(CONFIGMAPS, {"metadata": {"name": "b", "resourceVersion": "0"}})  # 2
+    test = {"op": "test", "path": "/metadata/resourceVersion", "value": "0"}
+    await client.patch(CONFIGMAPS, "c", [test], "ns", patch_type="json")  # 3
+    guarded = {"metadata": {"resourceVersion": "0"}, "data": {}}
+    await client.patch(CONFIGMAPS, "d", guarded, "ns")  # 4
     assert len(writes) == 4
-    await client.delete(CONFIGMAPS, "a", "ns")  # its events always wake the watchers
-    await client.create(CONFIGMAPS, {"metadata": {"generateName": "g-"}})  # name unknown
+    # Unguarded writes (their answer may be a no-op's), deletions, generated names: not.
+    await client.patch(CONFIGMAPS, "e", {"data": {}}, "ns")
+    await client.patch_status(CONFIGMAPS, "f", {"phase": "Ready"}, "ns")
+    await client.replace(CONFIGMAPS, {"metadata": {"name": "g"}})
+    await client.delete(CONFIGMAPS, "a", "ns")
+    await client.create(CONFIGMAPS, {"metadata": {"generateName": "g-"}})
     assert len(writes) == 4
-    assert ("patch", ("d", "status")) in inner.calls
+    assert ("patch", ("f", "status")) in inner.calls
     assert verdict(writes, obj("uid-a", "1", "a")) is ECHO
-    assert verdict(writes, obj("uid-d", "4", "d")) is ECHO
+    assert verdict(writes, obj("uid-d", "4", "d"), obj("uid-d", "0", "d")) is ECHO
