@@ -59,7 +59,7 @@ from nexus.api.store.base import (
 from nexus.api.store.feed import CredentialFeed
 from nexus.api.store.migrations.postgres import migrate
 
-__all__ = ["PostgresStore", "SharedLimiter", "describe_url", "is_postgres_url"]
+__all__ = ["PostgresStore", "SharedLimiter", "describe_url"]
 
 log = structlog.get_logger("nexus.api.store")
 
@@ -72,10 +72,6 @@ _USER_COLS = "id, email, display_name, password_hash, created_at"
 _TENANT_COLS = "t.id, t.cr_name, t.display_name, t.node_profile, t.created_at, t.deleted_at"
 _KEY_COLS = "k.hash, k.tenant_id, k.label, k.created_at, k.last_used_at, k.revoked_at"
 _RT_COLS = "hash, user_id, family_id, expires_at, created_at, revoked_at, replaced_by"
-
-
-def is_postgres_url(database: str) -> bool:
-    return database.startswith(("postgresql://", "postgres://"))
 
 
 def describe_url(url: str) -> str:
