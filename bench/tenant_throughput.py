@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client import REGISTRY
 
 from bench.common import bounded, rss_bytes, table
 from nexus.app import build_manager, controller_settings
@@ -209,18 +210,38 @@ class ReadyCount:
             await self.changed.wait()
 
 
-async def nexus(client: Client, api: Any, n: int, workers: int) -> tuple[float, int]:
+def tenant_reconciles() -> float:
+    """This process's tenant reconciles so far (every result)."""
+    total = 0.0
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if (
+                sample.name == "controller_runtime_reconcile_total"
+                and sample.labels.get("controller") == "nexustenant"
+            ):
+                total += sample.value
+    return total
+
+
+#: After the last tenant is Ready, how long echoes of the last writes may still wake one (s).
+SETTLE = 2.0
+
+
+async def nexus(client: Client, api: Any, n: int, workers: int) -> tuple[float, int, float]:
+    """Seconds to all Ready, RSS, and tenant reconciles per tenant (after a short settle)."""
     mgr = build_manager(api, bench_settings(workers))
     await mgr.start()
     informer = mgr.cache.informer_for(TENANTS, namespace=SYSTEM)
     ready = ReadyCount()
     informer.add_event_handler(ready)
+    before = tenant_reconciles()
     try:
         start = time.perf_counter()
         await create_all(client, n)
         await ready.wait(n)
         took = time.perf_counter() - start
-        return took, rss_bytes()
+        await asyncio.sleep(SETTLE)
+        return took, rss_bytes(), (tenant_reconciles() - before) / n
     finally:
         await mgr.stop()
 
@@ -301,27 +322,29 @@ def summarise_profile(raw: Path, top: int = 40) -> str:
 
 async def run_once(
     kind: str, n: int, workers: int, profiler: Profiler | None = None
-) -> tuple[float, int, float, collections.Counter[tuple[str, str]]]:
-    """(seconds, RSS, CPU seconds of this process, API requests) on a fresh control plane."""
+) -> tuple[float, int, float, collections.Counter[tuple[str, str]], float]:
+    """(seconds, RSS, CPU seconds of this process, API requests, tenant reconciles per tenant)
+    on a fresh control plane."""
     async with Environment(crd_paths=["config/crd/bases"]) as env, await env.api_client() as api:
         client = Client(api)
         try:
             await client.create(NAMESPACES, {"metadata": {"name": SYSTEM}})
             before = await api_requests(env)
             cpu0 = time.process_time()
+            passes = 0.0
             if kind == "floor":
                 took, rss = await floor(client, n, workers), rss_bytes()
             else:
                 if profiler is not None:
                     await profiler.start(f"nexus-{n}")
                 try:
-                    took, rss = await nexus(client, api, n, workers)
+                    took, rss, passes = await nexus(client, api, n, workers)
                 finally:
                     if profiler is not None:
                         await profiler.stop()
             cpu = time.process_time() - cpu0
             after = await api_requests(env)
-            return took, rss, cpu, after - before
+            return took, rss, cpu, after - before, passes
         finally:
             await client.close()
 
@@ -354,8 +377,8 @@ async def main() -> None:
     counts: dict[str, collections.Counter[tuple[str, str]]] = {}
     for pair in range(args.pairs):
         load = os.getloadavg()[0]
-        floor_s, _, floor_cpu, floor_req = await run_once("floor", args.n, args.workers)
-        nexus_s, rss, nexus_cpu, nexus_req = await run_once(
+        floor_s, _, floor_cpu, floor_req, _ = await run_once("floor", args.n, args.workers)
+        nexus_s, rss, nexus_cpu, nexus_req, passes = await run_once(
             "nexus", args.n, args.workers, profiler if pair == 0 else None
         )
         counts.setdefault("floor", floor_req)
@@ -369,6 +392,7 @@ async def main() -> None:
                 f"pair {pair + 1}: python CPU floor / nexus",
                 f"{floor_cpu:.1f} s / {nexus_cpu:.1f} s",
             ),
+            (f"pair {pair + 1}: tenant reconciles per tenant", f"{passes:.2f}"),
             (f"pair {pair + 1}: load average at start", f"{load:.1f}"),
         ]
     rows.append(("process RSS after (nexus run)", f"{rss / 2**20:.0f} MiB"))
