@@ -152,6 +152,24 @@ class Api:
         return await eventually(probe, timeout, f"tenant {tenant_id} Ready")
 
 
+def agent_manifest(name: str, namespace: str, inner: str, provider: str, **spec: object) -> str:
+    """A NexusAgent for ``kubectl apply -f -``; ``spec`` adds to the agent spec's ``spec``."""
+    return json.dumps({
+        "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"agentSpec": {
+            "apiVersion": "astromesh/v1", "kind": "Agent",
+            "metadata": {"name": inner, "version": "1.0.0"},
+            "spec": {
+                "identity": {"display_name": "E2E agent"},
+                "model": {"primary": {"provider": provider, "model": "llama3.1:8b"}},
+                "orchestration": {"pattern": "react"},
+                **spec,
+            },
+        }},
+    })  # fmt: skip
+
+
 AGENT_YAML = """\
 apiVersion: astromesh/v1
 kind: Agent

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 
 import pytest
 
-from .cluster import Api, Cluster
-
-
-def agent(name: str, namespace: str, inner: str, provider: str) -> str:
-    return json.dumps({
-        "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"agentSpec": {
-            "apiVersion": "astromesh/v1", "kind": "Agent",
-            "metadata": {"name": inner, "version": "1.0.0"},
-            "spec": {
-                "identity": {"display_name": "E2E webhook"},
-                "model": {"primary": {"provider": provider, "model": "llama3.1:8b"}},
-                "orchestration": {"pattern": "react"},
-            },
-        }},
-    })  # fmt: skip
+from .cluster import Api, Cluster, agent_manifest
 
 
 async def test_kubectl_gets_the_webhooks_messages_for_a_bad_agent(
@@ -35,9 +18,8 @@ async def test_kubectl_gets_the_webhooks_messages_for_a_bad_agent(
     namespace = body["namespace"]
     name = f"e2e-bad-{secrets.token_hex(3)}"
     with pytest.raises(AssertionError) as refused:
-        await cluster.akubectl(
-            "apply", "-f", "-", stdin=agent(name, namespace, "another-name", "no-such-provider")
-        )
+        bad = agent_manifest(name, namespace, "another-name", "no-such-provider")
+        await cluster.akubectl("apply", "-f", "-", stdin=bad)
     message = str(refused.value)
     assert f'The NexusAgent "{name}" is invalid' in message, message
     assert "spec.model.primary.provider must be one of" in message, message
@@ -49,5 +31,6 @@ async def test_kubectl_gets_the_webhooks_messages_for_a_bad_agent(
     assert got.strip() == ""
     # A good one goes through the same webhooks (defaulting and validation).
     good = f"e2e-good-{secrets.token_hex(3)}"
-    await cluster.akubectl("apply", "-f", "-", stdin=agent(good, namespace, good, "ollama"))
+    manifest = agent_manifest(good, namespace, good, "ollama")
+    await cluster.akubectl("apply", "-f", "-", stdin=manifest)
     await cluster.akubectl("delete", "nexusagent", "-n", namespace, good, "--wait=false")

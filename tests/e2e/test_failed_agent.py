@@ -8,28 +8,10 @@ and the node pod's log.
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
-from .cluster import SYSTEM_NS, Api, Cluster, eventually
-
-
-def programmed_agent(name: str, namespace: str) -> str:
-    return json.dumps({
-        "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"agentSpec": {
-            "apiVersion": "astromesh/v1", "kind": "Agent",
-            "metadata": {"name": name, "version": "1.0.0"},
-            "spec": {
-                "identity": {"display_name": "E2E failed agent"},
-                "model": {"primary": {"provider": "ollama", "model": "llama3.1:8b"}},
-                "orchestration": {"pattern": "glyph"},
-                "program": "answer = 42",
-            },
-        }},
-    })  # fmt: skip
+from .cluster import SYSTEM_NS, Api, Cluster, agent_manifest, eventually
 
 
 def live(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -42,7 +24,10 @@ async def test_a_failed_agent_explains_itself_through_kubectl(cluster: Cluster, 
                                200, headers=auth)  # fmt: skip
     ns = tenant["namespace"]
     name = f"e2e-failed-{secrets.token_hex(3)}"
-    await cluster.akubectl("apply", "-f", "-", stdin=programmed_agent(name, ns))
+    manifest = agent_manifest(
+        name, ns, name, "ollama", orchestration={"pattern": "glyph"}, program="answer = 42"
+    )
+    await cluster.akubectl("apply", "-f", "-", stdin=manifest)
     try:
 
         async def failed() -> dict[str, Any] | None:
