@@ -32,12 +32,7 @@ from nexus.runtime import (
     enqueue_from_labels,
 )
 from nexus.runtime.objects import Object
-from nexus.runtime.predicates import (
-    DeletionOrFinalizersChanged,
-    Funcs,
-    GenerationChanged,
-    Or,
-)
+from nexus.runtime.predicates import DeletionOrFinalizersChanged, Funcs, GenerationChanged, Or
 from nexus.runtime.resource import (
     DEPLOYMENTS,
     LIMIT_RANGES,
@@ -107,11 +102,7 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
     (
         Builder(mgr)
         .named(TENANT_CONTROLLER)
-        .for_(
-            TENANTS,
-            Or(GenerationChanged(), DeletionOrFinalizersChanged()),
-            namespace=system_ns,
-        )
+        .for_(TENANTS, Or(GenerationChanged(), DeletionOrFinalizersChanged()), namespace=system_ns)
         .watches(NAMESPACES, children, label_selector=selector)
         .watches(DEPLOYMENTS, children, label_selector=selector)
         .watches(SERVICES, children, label_selector=selector)
@@ -157,10 +148,7 @@ def setup_controllers(mgr: Manager, node: NodeApi, settings: ControllerSettings)
     (
         Builder(mgr)
         .named(AGENT_CONTROLLER)
-        .for_(
-            AGENTS,
-            Or(GenerationChanged(), DeletionOrFinalizersChanged()),
-        )
+        .for_(AGENTS, Or(GenerationChanged(), DeletionOrFinalizersChanged()))
         .watches(
             TENANTS,
             agents_of_tenant(mgr.cache),
