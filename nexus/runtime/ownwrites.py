@@ -34,7 +34,8 @@ from nexus.runtime.resource import Resource
 log = structlog.get_logger("nexus.runtime.ownwrites")
 
 #: How long an answer's resourceVersion waits for its echo (s). An echo comes within
-#: milliseconds; one that never comes (a no-op patch answers the version it had) is forgotten.
+#: milliseconds; one that never comes (the object went first, or no watch of this controller
+#: sees it, or a predicate stopped the event before it was asked) is forgotten.
 ECHO_TTL = 60.0
 
 
