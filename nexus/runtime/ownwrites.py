@@ -40,6 +40,8 @@ ECHO_TTL = 60.0
 
 
 class Verdict(Enum):
+    """What :meth:`OwnWrites.verdict` says of one event; only ``ECHO`` may be dropped."""
+
     ECHO = "echo"
     CHANGE = "change"
     #: A write to the object has not answered yet: ask again once it has.
