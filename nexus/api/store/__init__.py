@@ -51,6 +51,7 @@ def __getattr__(name: str) -> Any:
 def is_postgres_url(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
+
 __all__ = [
     "LAST_USED_RESOLUTION",
     "ApiKey",
