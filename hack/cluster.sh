@@ -84,7 +84,8 @@ ipt_cmds() {
 }
 PROCS=(kube-proxy kubelet kube-scheduler kube-controller-manager dockerd kube-apiserver etcd)
 
-log() { printf 'cluster: %s\n' "$*" >&2; }
+# Seconds since the script started, so that a slow (cold) run shows where its time went.
+log() { printf 'cluster: [%4ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 skip() { printf 'cluster: SKIP: %s\n' "$*" >&2; exit 3; }
 kubectl() { "$ENVTEST/kubectl" --kubeconfig "$STATE/kubeconfig" "$@"; }
