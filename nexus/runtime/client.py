@@ -430,6 +430,40 @@ class Client:
         raises ``TimeoutError``: the connection may look alive while no events flow.
         ``metadata_only``: objects are ``PartialObjectMetadata``.
         """
+        async for batch in self.watch_batches(
+            res,
+            namespace,
+            resource_version=resource_version,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            timeout_seconds=timeout_seconds,
+            idle_timeout=idle_timeout,
+            allow_bookmarks=allow_bookmarks,
+            metadata_only=metadata_only,
+        ):
+            for event in batch:
+                yield event
+
+    async def watch_batches(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        idle_timeout: float | None = None,
+        allow_bookmarks: bool = True,
+        metadata_only: bool = False,
+    ) -> AsyncIterator[builtins.list[dict[str, Any]]]:
+        """:meth:`watch`, a list of events at a time: every complete event that had arrived
+        when the stream was read, in order (never empty).
+
+        Under load many events wait in the socket at once; taking them in one read saves a
+        wake-up, a timeout and a generator step per event. An ``ERROR`` event raises once
+        the events before it in the same read have been yielded.
+        """
         params = {
             "watch": "true",
             "resourceVersion": resource_version,
@@ -451,19 +485,37 @@ class Client:
                 accept=METADATA_WATCH_ACCEPT if metadata_only else None,
                 stream=True,
             )
+        pending = bytearray()  # the start of an event whose end has not arrived yet
         try:
             while True:
                 async with asyncio.timeout(idle_timeout):
-                    line = await resp.content.readline()
-                if not line:
+                    chunk = await resp.content.readany()
+                if not chunk:
+                    if pending.strip():
+                        lines = [bytes(pending)]
+                        pending.clear()
+                        batch, error = _watch_events(lines)
+                        if batch:
+                            yield batch
+                        if error is not None:
+                            raise error
                     return
-                if not line.strip():
+                end = chunk.rfind(b"\n")
+                if end < 0:
+                    pending += chunk
                     continue
-                event: dict[str, Any] = orjson.loads(line)
-                if event.get("type") == "ERROR":
-                    status = event.get("object") or {}
-                    raise ApiError(int(status.get("code") or 500), "watch error", status)
-                yield event
+                if pending:
+                    pending += chunk[: end + 1]
+                    lines = bytes(pending).split(b"\n")
+                    pending.clear()
+                else:
+                    lines = chunk[:end].split(b"\n")
+                pending += chunk[end + 1 :]
+                batch, error = _watch_events(lines)
+                if batch:
+                    yield batch
+                if error is not None:
+                    raise error
         finally:
             resp.close()
 
@@ -522,3 +574,17 @@ def _api_error(status: int, reason: str, raw: bytes) -> ApiError:
     if not isinstance(body, dict):
         body = {"message": str(body)[:500]}
     return ApiError(status, reason, body)
+
+
+def _watch_events(lines: list[bytes]) -> tuple[list[dict[str, Any]], ApiError | None]:
+    """The events of complete watch lines, up to an ``ERROR`` event (returned apart)."""
+    events: list[dict[str, Any]] = []
+    for line in lines:
+        if not line or line.isspace():
+            continue
+        event: dict[str, Any] = orjson.loads(line)
+        if event.get("type") == "ERROR":
+            status = event.get("object") or {}
+            return events, ApiError(int(status.get("code") or 500), "watch error", status)
+        events.append(event)
+    return events, None

@@ -340,7 +340,7 @@ class Informer:
     async def _watch_once(self) -> None:
         self.stats["watches"] += 1
         lo, hi = self.options.watch_timeout
-        async for event in self.client.watch(
+        async for batch in self.client.watch_batches(
             self.resource,
             self.namespace,
             resource_version=self._resource_version,
@@ -350,7 +350,8 @@ class Informer:
             idle_timeout=self.options.idle_timeout,
             metadata_only=self.metadata_only,
         ):
-            self._apply(event)
+            for event in batch:
+                self._apply(event)
 
     def _apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

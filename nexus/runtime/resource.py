@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+# What object names and namespaces nearly always are (DNS labels and subdomains): nothing to
+# quote. A check is several times cheaper than quote(), which a controller calls per request.
+_PLAIN = re.compile(r"[a-z0-9.-]+")
+
+
+def _segment(text: str) -> str:
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +37,10 @@ class Resource:
     def path(self, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         if self.namespaced and namespace:
-            base += f"/namespaces/{quote(namespace, safe='')}"
+            base += f"/namespaces/{_segment(namespace)}"
         base += f"/{self.plural}"
         if name is not None:
-            base += f"/{quote(name, safe='')}"
+            base += f"/{_segment(name)}"
             if sub:
                 base += f"/{sub}"
         return base

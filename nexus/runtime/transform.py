@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import orjson
+
 Object = dict[str, Any]
 Transform = Callable[[Object], Object]
 
@@ -170,6 +172,8 @@ class StringPool:
         self.max_length = max_length
         self._pool: dict[str, str] = {}
         self._trees: dict[tuple[Any, ...], tuple[Any, tuple[Any, ...]]] = {}
+        # JSON of a subtree met at least twice -> its entry in ``_trees``.
+        self._by_json: dict[bytes, tuple[Any, tuple[Any, ...]]] = {}
         self._min_sweep = min_sweep
         self._sweep_at = min_sweep
         self._trees_sweep_at = min_sweep
@@ -213,6 +217,31 @@ class StringPool:
         if isinstance(value, str):
             s = value if key in UNIQUE_VALUE_KEYS else self.share(value)
             return s, s
+        if isinstance(value, dict | list):
+            if not value:
+                return self._canonical_container(value, key)[0]
+            # A subtree met before (the pod template of every tenant's node, say) is found by
+            # its JSON at C speed, instead of being rebuilt node by node to be looked up.
+            # Only subtrees seen twice are remembered so: per-object ones cost no memory here.
+            # A list's strings are pooled or not by the key it is under, so that is part of
+            # its memo key. A hit is checked for equality: JSON cannot tell NaN from null.
+            try:
+                text = orjson.dumps(value)
+            except (TypeError, orjson.JSONEncodeError):  # not JSON (a huge int, a set)
+                return self._canonical_container(value, key)[0]
+            if isinstance(value, list) and key in UNIQUE_VALUE_KEYS:
+                text = b"!" + text
+            got = self._by_json.get(text)
+            if got is not None and got[0] == value:
+                return got
+            entry, known = self._canonical_container(value, key)
+            if known:
+                self._by_json[text] = entry
+            return entry
+        return self._canonical_scalar(value)
+
+    def _canonical_container(self, value: Any, key: str | None) -> tuple[tuple[Any, Any], bool]:
+        """(the entry of a map or list, whether the table had it already)."""
         if isinstance(value, dict):
             share = self.share
             items = {}
@@ -222,14 +251,16 @@ class StringPool:
                 items[k], sub = self._canonical(v, k)
                 parts += (k, sub)
             return self._intern_tree(tuple(parts), items, FrozenDict)
-        if isinstance(value, list):
-            elems = []
-            parts = ["["]
-            for v in value:
-                elem, sub = self._canonical(v, key)
-                elems.append(elem)
-                parts.append(sub)
-            return self._intern_tree(tuple(parts), elems, FrozenList)
+        elems = []
+        parts = ["["]
+        for v in value:
+            elem, sub = self._canonical(v, key)
+            elems.append(elem)
+            parts.append(sub)
+        return self._intern_tree(tuple(parts), elems, FrozenList)
+
+    @staticmethod
+    def _canonical_scalar(value: Any) -> tuple[Any, Any]:
         if value is True:
             return value, _TRUE
         if value is False:
@@ -242,18 +273,21 @@ class StringPool:
 
     def _intern_tree(
         self, tree_key: tuple[Any, ...], content: Any, frozen: type[Any]
-    ) -> tuple[Any, Any]:
+    ) -> tuple[tuple[Any, Any], bool]:
         got = self._trees.get(tree_key)
         if got is not None:
-            return got
+            return got, True
         entry = (frozen(content), tree_key)
         self._trees[tree_key] = entry
         if len(self._trees) >= self._trees_sweep_at:
             self.sweep()
-        return entry
+        return entry, False
 
     def sweep(self) -> int:
         """Drops what nothing but the pool references; returns how many entries."""
+        # The JSON memo is a shortcut into the subtree table and holds its entries: forget it
+        # first, so that the reference counts below see only the table's references.
+        self._by_json.clear()
         floors = self._floors
         if floors is None:
             dropped = len(self._pool) + len(self._trees)

@@ -106,6 +106,35 @@ def test_frozen_subtrees_are_shared_equal_and_read_only() -> None:
     assert pickle.loads(pickle.dumps(a)) == make(True)
 
 
+def test_subtrees_met_again_are_found_by_their_json_with_the_same_answers() -> None:
+    pool = StringPool(min_sweep=10**9)
+    template = {"spec": {"containers": [{"name": "node", "ports": [8000]}]}, "n": 1}
+    first = pool.share_frozen(copy.deepcopy(template))
+    second = pool.share_frozen(copy.deepcopy(template))  # remembered by its JSON now
+    third = pool.share_frozen(copy.deepcopy(template))  # found by it
+    assert first is second is third
+    # What JSON cannot tell apart, or Python's equality cannot, still gets its own tree.
+    nan = pool.share_frozen({"v": float("nan"), "w": [1]})
+    assert pool.share_frozen({"v": None, "w": [1]})["v"] is None
+    assert pool.share_frozen({"v": float("nan"), "w": [1]})["v"] != nan["v"]  # NaN != NaN
+    assert pool.share_frozen({"t": True, "w": [1]})["t"] is True
+    assert pool.share_frozen({"t": 1, "w": [1]})["t"] is not True
+    # Strings under a unique key are not pooled, in a list as well.
+    uids = [fresh("u-1"), fresh("u-2")]
+    pool.share_frozen({"uid": list(uids)})
+    pool.share_frozen({"uid": list(uids)})
+    again = [fresh("u-1"), fresh("u-2")]
+    got = pool.share_frozen({"uid": again})["uid"]
+    assert got == again
+    # Not JSON (an int beyond 64 bits): the slow path, the same answer.
+    big = pool.share_frozen({"n": 2**70, "w": [1]})
+    assert big == {"n": 2**70, "w": [1]} and big is pool.share_frozen({"n": 2**70, "w": [1]})
+    # A sweep forgets the memo with the subtrees it drops.
+    del first, second, third
+    pool.sweep()
+    assert pool.share_frozen(copy.deepcopy(template)) == template
+
+
 def test_sweep_drops_subtrees_no_object_uses_any_more() -> None:
     pool = StringPool(min_sweep=10**9)
     kept = [pool.share_frozen({"a": {"b": fresh(f"v{i}")}}) for i in range(3)]

@@ -36,9 +36,9 @@ class ScriptedClient:
         self.lists += 1
         return [dict(i) for i in self.items], "100"
 
-    async def watch(self, *args: Any, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    async def watch_batches(self, *args: Any, **kwargs: Any) -> AsyncIterator[list[dict[str, Any]]]:
         while True:
-            yield await self.events.get()
+            yield [await self.events.get()]
 
 
 class Recorder:
