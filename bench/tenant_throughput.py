@@ -40,7 +40,6 @@ from nexus.domain.resources import TENANT_FINALIZER, TENANTS
 from nexus.node import in_cluster_endpoint
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment
-from nexus.runtime.gctuning import GCThresholds
 from nexus.runtime.objects import now_micro, now_rfc3339, set_condition
 from nexus.runtime.resource import DEPLOYMENTS, EVENTS, NAMESPACES, SERVICES, Resource
 from nexus.settings import ManagerSettings
@@ -372,8 +371,6 @@ async def main() -> None:
     from nexus.runtime.logging import configure_logging
 
     configure_logging(json=False, level="warning")
-    # This process runs both sides: both get the collector settings `nexus manager` runs with.
-    GCThresholds().apply()
     profiler = Profiler(args.profile)
     rows = [("tenants", str(args.n)), ("parallel sequences / workers", str(args.workers))]
     ratios = []

@@ -34,7 +34,6 @@ from nexus.controllers.tenant import TenantSettings
 from nexus.domain.tenant import ResourceQuota
 from nexus.node import NodeClient, NodeEndpoints, per_tenant_endpoint
 from nexus.runtime import Manager, ManagerOptions
-from nexus.runtime.gctuning import GCThresholds
 from nexus.runtime.healthz import parse_bind_address
 from nexus.runtime.informer import InformerOptions
 from nexus.runtime.logging import configure_logging
@@ -296,7 +295,6 @@ def check_jwt_secret(secret: str | None) -> str:
 
 async def run(settings: ManagerSettings) -> None:
     configure_logging(json=settings.log_format == "json", level=settings.log_level)
-    GCThresholds().apply()
     if parse_bind_address(settings.api_bind_address) is not None:
         check_jwt_secret(settings.jwt_secret)  # refuse before touching anything
     cfg = await kube_configuration(settings.kubeconfig)

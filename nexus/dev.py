@@ -32,7 +32,6 @@ from nexus.domain.tenant import tenant_body
 from nexus.localnode import LocalNodeAgent, LocalNodeConfig, PodInfo
 from nexus.runtime.client import Client
 from nexus.runtime.envtest import Environment, find_assets
-from nexus.runtime.gctuning import GCThresholds
 from nexus.runtime.logging import configure_logging
 from nexus.runtime.resource import NAMESPACES
 from nexus.runtime.webhook import WebhookInstallOptions
@@ -321,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhook-port", type=int, default=9443)
     args = parser.parse_args(argv)
     configure_logging(json=False, level="warning")
-    GCThresholds().apply()  # as `nexus manager` runs
     try:
         asyncio.run(
             run(
