@@ -165,11 +165,15 @@ class StringPool:
     Guarantees: the result equals the input; the pool does not keep anything alive for long
     after the last object using it is gone: when a table has doubled since its last sweep,
     what only the pool still references is dropped (an O(table) sweep, amortised O(1) per
-    insertion). Not thread-safe: one event loop.
+    insertion); a subtree met again is found by its JSON text, for at most ``memo_size`` of
+    them until the next sweep. Not thread-safe: one event loop.
     """
 
-    def __init__(self, *, max_length: int = 128, min_sweep: int = 4096) -> None:
+    def __init__(
+        self, *, max_length: int = 128, min_sweep: int = 4096, memo_size: int = 512
+    ) -> None:
         self.max_length = max_length
+        self.memo_size = memo_size
         self._pool: dict[str, str] = {}
         self._trees: dict[tuple[Any, ...], tuple[Any, tuple[Any, ...]]] = {}
         # JSON of a subtree met at least twice -> its entry in ``_trees``.
@@ -222,7 +226,10 @@ class StringPool:
                 return self._canonical_container(value, key)[0]
             # A subtree met before (the pod template of every tenant's node, say) is found by
             # its JSON at C speed, instead of being rebuilt node by node to be looked up.
-            # Only subtrees seen twice are remembered so: per-object ones cost no memory here.
+            # Only subtrees seen twice are remembered so, and at most ``memo_size`` of them
+            # (until the next sweep): the keys are JSON text, and the subtrees that one
+            # tenant's objects repeat (their labels) would cost a few KB per tenant. The
+            # widely shared ones (a pod template) come back first and are in by then.
             # A list's strings are pooled or not by the key it is under, so that is part of
             # its memo key. A hit is checked for equality: JSON cannot tell NaN from null.
             try:
@@ -235,7 +242,7 @@ class StringPool:
             if got is not None and got[0] == value:
                 return got
             entry, known = self._canonical_container(value, key)
-            if known:
+            if known and len(self._by_json) < self.memo_size:
                 self._by_json[text] = entry
             return entry
         return self._canonical_scalar(value)
