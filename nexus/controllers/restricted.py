@@ -20,9 +20,7 @@ empty and the agent controller registers them again.
 
 from __future__ import annotations
 
-from typing import Any
-
-Object = dict[str, Any]
+from nexus.runtime.objects import Object
 
 #: Mount path -> volume name of every writable place of the node.
 CONFIG_DIR = "/etc/astromesh"

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import structlog
 
 from nexus.runtime.client import Client
-from nexus.runtime.informer import Informer, InformerOptions, Object
+from nexus.runtime.informer import Informer, InformerOptions
+from nexus.runtime.objects import Object
 from nexus.runtime.resource import Resource
 from nexus.runtime.transform import StringPool, Transform, shared
 

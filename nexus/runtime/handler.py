@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from nexus.runtime.objects import Object
 from nexus.runtime.reconcile import Request
 from nexus.runtime.resource import Resource
-
-Object = dict[str, Any]
-
 
 #: Turns an object into zero or more requests. Called on the event loop: must not block.
 Mapper = Callable[[Object], Iterable[Request]]

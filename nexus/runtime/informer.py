@@ -21,12 +21,13 @@ import structlog
 from nexus.runtime import metrics
 from nexus.runtime.backoff import Backoff
 from nexus.runtime.client import ApiError, Client
+from nexus.runtime.objects import Object
 from nexus.runtime.resource import Resource, object_key
 from nexus.runtime.transform import Transform, strip_managed_fields
 
 log = structlog.get_logger("nexus.informer")
 
-Object = dict[str, Any]
+
 IndexFunc = Callable[[Object], Iterable[str]]
 
 NAMESPACE_INDEX = "namespace"

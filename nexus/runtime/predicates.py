@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-Object = dict[str, Any]
+from nexus.runtime.objects import Object
 
 
 class Predicate(Protocol):

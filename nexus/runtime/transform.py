@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-Object = dict[str, Any]
+from nexus.runtime.objects import Object
+
 Transform = Callable[[Object], Object]
 
 #: A mask: for each key to keep, ``True`` (keep the value whole) or the mask of the value.

@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonpatch
 
-Object = dict[str, Any]
+from nexus.runtime.objects import Object
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"

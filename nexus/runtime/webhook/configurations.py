@@ -13,17 +13,16 @@ import copy
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import structlog
 import yaml
 
 from nexus.runtime.client import ApiError, Client
+from nexus.runtime.objects import Object
 from nexus.runtime.resource import Resource
 
 log = structlog.get_logger("nexus.webhook")
 
-Object = dict[str, Any]
 
 VALIDATING = Resource(
     "admissionregistration.k8s.io",

@@ -15,10 +15,10 @@ from typing import Protocol
 
 import structlog
 
+from nexus.runtime.objects import Object
 from nexus.runtime.webhook.admission import (
     AdmissionRequest,
     AdmissionResponse,
-    Object,
     allowed,
     denied,
     errored,

@@ -13,11 +13,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from nexus.runtime.client import Client
+from nexus.runtime.objects import Object
 from nexus.runtime.webhook.certs import (
     CA_NAME,
     CERT_NAME,
@@ -35,7 +35,6 @@ from nexus.runtime.webhook.configurations import (
 
 log = structlog.get_logger("nexus.webhook")
 
-Object = dict[str, Any]
 
 #: A kept certificate is replaced when it has less than this left.
 _RENEW_BEFORE = dt.timedelta(days=7)
