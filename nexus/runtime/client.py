@@ -13,7 +13,7 @@ import builtins
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import aiohttp
 import orjson
@@ -81,6 +81,22 @@ class ApiError(Exception):
 #: freed buffers fragment the heap. 32 keeps a 2-core API server saturated
 #: (docs/benchmarks.md).
 MAX_CONNECTIONS = 32
+
+
+class WatchOptions(TypedDict, total=False):
+    """What a watch asks for (:meth:`Client.watch`); every key is optional."""
+
+    resource_version: str | None
+    label_selector: str | None
+    field_selector: str | None
+    #: The server ends the stream after this long (client-go's reflector draws it at random).
+    timeout_seconds: int | None
+    #: No byte at all for this long (not even a bookmark): ``TimeoutError``.
+    idle_timeout: float | None
+    #: Ask for bookmarks (default: yes).
+    allow_bookmarks: bool
+    #: Objects as ``PartialObjectMetadata`` (default: no).
+    metadata_only: bool
 
 
 class Client:
@@ -411,17 +427,7 @@ class Client:
     # -- watch ------------------------------------------------------------------------------
 
     async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str | None = None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: int | None = None,
-        idle_timeout: float | None = None,
-        allow_bookmarks: bool = True,
-        metadata_only: bool = False,
+        self, res: Resource, namespace: str | None = None, **options: Unpack[WatchOptions]
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield watch events (``{"type", "object"}``) until the server closes the stream.
 
@@ -430,32 +436,12 @@ class Client:
         raises ``TimeoutError``: the connection may look alive while no events flow.
         ``metadata_only``: objects are ``PartialObjectMetadata``.
         """
-        async for batch in self.watch_batches(
-            res,
-            namespace,
-            resource_version=resource_version,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            timeout_seconds=timeout_seconds,
-            idle_timeout=idle_timeout,
-            allow_bookmarks=allow_bookmarks,
-            metadata_only=metadata_only,
-        ):
+        async for batch in self.watch_batches(res, namespace, **options):
             for event in batch:
                 yield event
 
     async def watch_batches(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str | None = None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: int | None = None,
-        idle_timeout: float | None = None,
-        allow_bookmarks: bool = True,
-        metadata_only: bool = False,
+        self, res: Resource, namespace: str | None = None, **options: Unpack[WatchOptions]
     ) -> AsyncIterator[builtins.list[dict[str, Any]]]:
         """:meth:`watch`, a list of events at a time: every complete event that had arrived
         when the stream was read, in order (never empty).
@@ -464,13 +450,15 @@ class Client:
         wake-up, a timeout and a generator step per event. An ``ERROR`` event raises once
         the events before it in the same read have been yielded.
         """
+        idle_timeout = options.get("idle_timeout")
+        metadata_only = options.get("metadata_only", False)
         params = {
             "watch": "true",
-            "resourceVersion": resource_version,
-            "labelSelector": label_selector,
-            "fieldSelector": field_selector,
-            "timeoutSeconds": timeout_seconds,
-            "allowWatchBookmarks": "true" if allow_bookmarks else None,
+            "resourceVersion": options.get("resource_version"),
+            "labelSelector": options.get("label_selector"),
+            "fieldSelector": options.get("field_selector"),
+            "timeoutSeconds": options.get("timeout_seconds"),
+            "allowWatchBookmarks": "true" if options.get("allow_bookmarks", True) else None,
         }
         # No total timeout: the server ends the stream after timeoutSeconds; the idle timeout
         # below catches a stream that stalls. It bounds the wait for the response headers too:
