@@ -478,32 +478,27 @@ class Client:
             while True:
                 async with asyncio.timeout(idle_timeout):
                     chunk = await resp.content.readany()
-                if not chunk:
-                    if pending.strip():
-                        lines = [bytes(pending)]
-                        pending.clear()
-                        batch, error = _watch_events(lines)
-                        if batch:
-                            yield batch
-                        if error is not None:
-                            raise error
-                    return
-                end = chunk.rfind(b"\n")
-                if end < 0:
-                    pending += chunk
-                    continue
-                if pending:
-                    pending += chunk[: end + 1]
-                    lines = bytes(pending).split(b"\n")
-                    pending.clear()
+                if not chunk:  # the end: the last event may lack its newline
+                    lines = [bytes(pending)]
                 else:
-                    lines = chunk[:end].split(b"\n")
-                pending += chunk[end + 1 :]
+                    end = chunk.rfind(b"\n")
+                    if end < 0:
+                        pending += chunk
+                        continue
+                    if pending:
+                        pending += chunk[: end + 1]
+                        lines = bytes(pending).split(b"\n")
+                    else:
+                        lines = chunk[:end].split(b"\n")
+                    pending.clear()
+                    pending += chunk[end + 1 :]
                 batch, error = _watch_events(lines)
                 if batch:
                     yield batch
                 if error is not None:
                     raise error
+                if not chunk:
+                    return
         finally:
             resp.close()
 

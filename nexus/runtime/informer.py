@@ -27,7 +27,6 @@ from nexus.runtime.transform import Transform, strip_managed_fields
 
 log = structlog.get_logger("nexus.informer")
 
-
 IndexFunc = Callable[[Object], Iterable[str]]
 
 NAMESPACE_INDEX = "namespace"
